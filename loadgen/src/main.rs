@@ -1,0 +1,4 @@
+//! ringload: SMTP load generator, sink, capacity sweep and HTML report.
+fn main() {
+    println!("ringload");
+}

@@ -1,0 +1,94 @@
+//! Accounts for authenticated relay: argon2id PHC hashes (made by `ringrelay hash-password`,
+//! checked here) and each user's send-as rights. Verifying a hash costs 10-50 ms of CPU, so
+//! `verify` must run off the io_uring cores (the runtime calls it through spawn_blocking).
+
+use std::collections::HashMap;
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Argon2, PasswordHash};
+
+use crate::config::{Config, SendAs};
+
+/// Checks that `phc` is an argon2 PHC string; the error says what is wrong.
+pub fn check_hash(phc: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(phc).map_err(|e| format!("not a PHC password hash ({e})"))?;
+    let alg = parsed.algorithm.as_str();
+    if !alg.starts_with("argon2") {
+        return Err(format!("algorithm `{alg}` is not supported; use argon2id"));
+    }
+    Ok(())
+}
+
+/// Hashes a password with argon2id and a random salt (default parameters: m=19456, t=2, p=1).
+pub fn hash_password(password: &[u8]) -> Result<String, String> {
+    Argon2::default().hash_password(password).map(|h| h.to_string()).map_err(|e| format!("hashing failed: {e}"))
+}
+
+/// Checks a password against a PHC string. Slow by design: call it off the I/O cores.
+pub fn verify(password: &[u8], phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The user table: shared read-only by every core.
+#[derive(Debug, Default)]
+pub struct Users {
+    by_name: HashMap<String, UserEntry>,
+}
+
+#[derive(Debug)]
+struct UserEntry {
+    password_hash: String,
+    send_as: Vec<SendAs>,
+}
+
+/// A password hash that never matches, verified when the user does not exist so that an
+/// unknown user costs the same time as a wrong password (no user enumeration by timing).
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$4X3kMpYv0xV1lH6n3j0lGmCkq8YQ1r3u0bN2x3oWq7Y";
+
+impl Users {
+    /// Builds the table from the configuration.
+    pub fn from_config(config: &Config) -> Users {
+        let by_name = config
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), UserEntry { password_hash: u.password_hash.clone(), send_as: u.send_as.clone() }))
+            .collect();
+        Users { by_name }
+    }
+
+    /// Checks credentials (slow: off the I/O cores).
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        match self.by_name.get(user) {
+            Some(entry) => verify(password.as_bytes(), &entry.password_hash),
+            None => {
+                let _ = verify(password.as_bytes(), DUMMY_HASH);
+                false
+            }
+        }
+    }
+
+    /// May `user` send as `address`?
+    pub fn may_send_as(&self, user: &str, address: &str) -> bool {
+        self.by_name.get(user).is_some_and(|e| e.send_as.iter().any(|s| s.allows(address)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_and_verify() {
+        let phc = hash_password(b"secret").unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        check_hash(&phc).unwrap();
+        assert!(verify(b"secret", &phc));
+        assert!(!verify(b"wrong", &phc));
+        assert!(check_hash("plaintext").is_err());
+        assert!(check_hash(DUMMY_HASH).is_ok());
+    }
+}

@@ -1,0 +1,148 @@
+//! rustls configurations, with the ring provider chosen explicitly everywhere (no process-wide
+//! default): the inbound server config from a receive connector's PEM files (errors name the
+//! file and the fix), and the outbound client configs (verified for smart hosts, permissive
+//! for opportunistic MX delivery, as RFC 7435 opportunistic security allows). TLS 1.2 and 1.3
+//! only: rustls implements nothing older. The byte plumbing over io_uring is in
+//! `runtime::stream`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::config::TlsFiles;
+
+/// The one crypto provider of the process.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the server config of a receive connector. The error says which file and what to do.
+pub fn load_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
+    let cert_path = files.cert.display();
+    let key_path = files.key.display();
+    let pem = std::fs::read(&files.cert).map_err(|e| {
+        format!("cannot read certificate file {cert_path}: {e}; check the path and that ringrelay's user may read it")
+    })?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{cert_path} is not valid PEM ({e}); expected -----BEGIN CERTIFICATE----- blocks"))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{cert_path} holds no certificate; expected -----BEGIN CERTIFICATE----- blocks, leaf first"
+        ));
+    }
+    let key_pem = std::fs::read(&files.key).map_err(|e| {
+        format!("cannot read key file {key_path}: {e}; check the path and that ringrelay's user may read it")
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        format!("{key_path} holds no usable private key ({e}); expected a PKCS#8, PKCS#1 (RSA) or SEC1 (EC) PEM key")
+    })?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            format!("{cert_path} and {key_path} cannot be used together ({e}); is the key the certificate's own?")
+        })?;
+    Ok(Arc::new(config))
+}
+
+/// Reads extra trust anchors (PEM) for smart hosts.
+pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// A client config that verifies the server's certificate against the system's trust store
+/// plus `extra_ca` (smart hosts; `tls = "required"`).
+pub fn verified_client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // Skip the odd unparsable system certificate rather than fail the whole store.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_ca {
+        for cert in load_ca_file(path)? {
+            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A client config for opportunistic TLS to MX hosts: encrypts, checks handshake signatures,
+/// but accepts any certificate (RFC 7435: better than plaintext, which is the alternative).
+pub fn opportunistic_client_config() -> Arc<ClientConfig> {
+    let provider = provider();
+    let verifier = Arc::new(AcceptAnyCertificate { algorithms: provider.signature_verification_algorithms });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth());
+    match config {
+        Ok(c) => Arc::new(c),
+        Err(e) => panic!("the ring provider supports the default protocol versions: {e}"),
+    }
+}
+
+/// The name to present in SNI and to verify: a DNS name, or an IP address.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_string()).map_err(|e| format!("`{host}` is not a valid TLS server name: {e}"))
+}
+
+/// Opportunistic verifier: any certificate, but a valid handshake signature with its key.
+#[derive(Debug)]
+struct AcceptAnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
