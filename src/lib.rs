@@ -42,4 +42,6 @@ pub mod policy;
 #[cfg(feature = "server")]
 pub mod runtime;
 #[cfg(feature = "server")]
+pub mod spool;
+#[cfg(feature = "server")]
 pub mod tls;

@@ -377,9 +377,10 @@ pub struct ReceiveConnector {
     /// Mechanisms offered where `users` is a permission group.
     #[serde(default = "default_auth_mechanisms")]
     pub auth: Vec<AuthMechanism>,
-    /// STARTTLS before AUTH and MAIL (default true).
-    #[serde(default = "yes")]
-    pub require_tls: bool,
+    /// STARTTLS before AUTH and MAIL. Default: true on connectors with the `users` group,
+    /// false on anonymous-only ones (printers rarely speak TLS). Filled in after parsing.
+    #[serde(default)]
+    pub require_tls: Option<bool>,
     /// Certificate for STARTTLS / implicit TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFiles>,
@@ -424,6 +425,11 @@ impl ReceiveConnector {
     /// The connector serves authenticated users.
     pub fn users(&self) -> bool {
         self.permission_groups.contains(&PermissionGroup::Users)
+    }
+
+    /// Whether STARTTLS is required before MAIL and AUTH (with its default applied).
+    pub fn require_tls(&self) -> bool {
+        self.require_tls.unwrap_or_else(|| self.users())
     }
 }
 
@@ -590,7 +596,13 @@ pub struct Loaded {
 impl Config {
     /// Parses TOML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        // Fill in defaults that depend on other keys, so the effective configuration shows them.
+        for rc in &mut config.receive_connectors {
+            rc.require_tls = Some(rc.require_tls());
+        }
+        Ok(config)
     }
 
     /// Reads, parses and validates a file.

@@ -168,7 +168,7 @@ fn receive_connectors(c: &Config, r: &mut Report) {
                     "is missing on a connector with the \"users\" group: AUTH would send passwords in clear. \
                      Add tls = { cert = \"/etc/ringrelay/cert.pem\", key = \"/etc/ringrelay/key.pem\" }",
                 );
-            } else if !rc.require_tls && !rc.implicit_tls {
+            } else if !rc.require_tls() && !rc.implicit_tls {
                 r.warn(
                     format!("{key}.require_tls"),
                     "is false: AUTH is offered before STARTTLS and passwords can cross the network in clear",

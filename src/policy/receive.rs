@@ -27,7 +27,7 @@ impl ConnectorTable {
         }
         for ranges in by_bind.values_mut() {
             // Longest prefix first; IPv4 and IPv6 never compete for the same client.
-            ranges.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+            ranges.sort_by_key(|r| std::cmp::Reverse(r.0.prefix_len()));
         }
         ConnectorTable { by_bind }
     }

@@ -138,7 +138,7 @@ impl Stream {
     }
 
     /// Closes cleanly: TLS close_notify when under TLS, then shuts the socket down.
-    pub async fn close(mut self) {
+    pub async fn close(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
             tls.conn.send_close_notify();
             let _ = tls.flush(&self.tcp).await;

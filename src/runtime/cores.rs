@@ -1,0 +1,212 @@
+//! Process topology: checks io_uring, recovers the spools, binds every listener (so that bind
+//! errors surface at start, with their fix), starts the pinned SMTP cores and the delivery
+//! cores with crossbeam mailboxes between them, prints what it runs, and on SIGTERM/SIGINT
+//! stops accepting, lets sessions in flight finish (bounded), flushes the spools and returns.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+
+use super::handoff::{Mailbox, ToDelivery, ToSmtp, mailbox};
+use super::shared::Shared;
+use super::smtp_core::{self, CoreStart};
+use super::{delivery_core, net, probe};
+use crate::config::Loaded;
+use crate::spool::{self, Recovered};
+
+/// Listen backlog per core listener.
+const BACKLOG: i32 = 1024;
+/// io_uring submission queue entries per core.
+const RING_ENTRIES: u32 = 1024;
+
+/// Runs the relay until SIGTERM or SIGINT, then shuts down cleanly.
+pub fn serve(loaded: Loaded) -> Result<(), String> {
+    probe::io_uring()?;
+    // Handlers first: a SIGTERM during start must still mean a clean stop.
+    let signals = Signals::install()?;
+    let Loaded { config, warnings, source } = loaded;
+    for w in &warnings {
+        tracing::warn!("{}: {}: {}", source.display(), w.key, w.message);
+    }
+    let smtp_cores = config.smtp_cores();
+    let delivery_cores = config.cores.delivery;
+    let spool_dir = config.spool.dir.clone();
+    std::fs::create_dir_all(&spool_dir).map_err(|e| {
+        format!(
+            "cannot create the spool directory {}: {e}; create it and make it writable by ringrelay's user (spool.dir)",
+            spool_dir.display()
+        )
+    })?;
+    let (mut own, mut adopted) = recover_all(&spool_dir, smtp_cores)?;
+    let shared = Arc::new(Shared::build(config)?);
+    let binds: Vec<SocketAddr> = shared.connectors.binds().collect();
+    let mut listeners: Vec<Vec<(SocketAddr, std::net::TcpListener)>> = (0..smtp_cores).map(|_| Vec::new()).collect();
+    for &bind in &binds {
+        net::check_port_free(bind).map_err(|e| bind_error(bind, &e))?;
+        for per_core in listeners.iter_mut() {
+            let l = net::reuseport_listener(bind, BACKLOG).map_err(|e| bind_error(bind, &e))?;
+            per_core.push((bind, l));
+        }
+    }
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Mailboxes: one inbox per core of each kind.
+    let (smtp_mail, smtp_inboxes): (Vec<Mailbox<ToSmtp>>, Vec<_>) = (0..smtp_cores).map(|_| mailbox()).unzip();
+    let (delivery_mail, delivery_inboxes): (Vec<Mailbox<ToDelivery>>, Vec<_>) =
+        (0..delivery_cores).map(|_| mailbox()).unzip();
+    let mut delivery_threads = Vec::new();
+    for (j, inbox) in delivery_inboxes.into_iter().enumerate() {
+        let start =
+            delivery_core::DeliveryStart { index: j, shared: Arc::clone(&shared), inbox, smtp: smtp_mail.clone() };
+        let pin = core_ids.get((smtp_cores + j) % core_ids.len().max(1)).copied();
+        delivery_threads.push(spawn_core(format!("delivery-{j}"), pin, move || Box::pin(delivery_core::run(start)))?);
+    }
+    let mut smtp_threads = Vec::new();
+    for (i, (inbox, core_listeners)) in smtp_inboxes.into_iter().zip(listeners).enumerate() {
+        let start = CoreStart {
+            index: i as u16,
+            shared: Arc::clone(&shared),
+            listeners: core_listeners,
+            recovered: std::mem::take(&mut own[i]),
+            adopted: std::mem::take(&mut adopted[i]),
+            delivery: delivery_mail.clone(),
+            inbox,
+            shutdown: shutdown_rx.clone(),
+        };
+        let pin = core_ids.get(i % core_ids.len().max(1)).copied();
+        smtp_threads.push(spawn_core(format!("smtp-{i}"), pin, move || Box::pin(smtp_core::run(start)))?);
+    }
+    drop(smtp_mail);
+    print_summary(&shared, smtp_cores, delivery_cores, &binds);
+    signals.wait();
+    tracing::info!("shutting down: no new connections; sessions in flight may finish");
+    let _ = shutdown_tx.send(true);
+    let mut failed = false;
+    for t in smtp_threads {
+        failed |= !join(t);
+    }
+    for m in &delivery_mail {
+        m.send(ToDelivery::Stop);
+    }
+    for t in delivery_threads {
+        failed |= !join(t);
+    }
+    if failed {
+        return Err("a core stopped with an error (see the log above)".into());
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Recovers every core directory: own ones, and orphans (cores that no longer exist) handed
+/// to core `k % smtp_cores`.
+#[allow(clippy::type_complexity)]
+fn recover_all(
+    spool_dir: &std::path::Path,
+    smtp_cores: usize,
+) -> Result<(Vec<Recovered>, Vec<Vec<(std::path::PathBuf, Recovered)>>), String> {
+    let mut own: Vec<Recovered> = (0..smtp_cores).map(|_| Recovered::default()).collect();
+    let mut adopted: Vec<Vec<(std::path::PathBuf, Recovered)>> = (0..smtp_cores).map(|_| Vec::new()).collect();
+    let dirs = spool::list_core_dirs(spool_dir).map_err(|e| format!("cannot read {}: {e}", spool_dir.display()))?;
+    for (n, path) in dirs {
+        let rec =
+            spool::recover(&path, n).map_err(|e| format!("cannot recover the spool in {}: {e}", path.display()))?;
+        for (file, offset, what) in &rec.damage {
+            tracing::warn!(file = %file.display(), offset, "spool: {what}");
+        }
+        if (n as usize) < smtp_cores {
+            own[n as usize] = rec;
+        } else {
+            tracing::info!(dir = %path.display(), messages = rec.messages.len(), "adopting the spool of a core that no longer exists");
+            adopted[n as usize % smtp_cores].push((path, rec));
+        }
+    }
+    Ok((own, adopted))
+}
+
+fn bind_error(bind: SocketAddr, e: &std::io::Error) -> String {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "another program (or another ringrelay) is listening there".to_string(),
+        std::io::ErrorKind::PermissionDenied if bind.port() < 1024 => {
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE (see the systemd unit in dist/)".to_string()
+        }
+        std::io::ErrorKind::AddrNotAvailable => "this machine has no such address".to_string(),
+        _ => "check receive_connector.bind".to_string(),
+    };
+    format!("cannot listen on {bind}: {e}; {hint}")
+}
+
+fn spawn_core<F>(name: String, pin: Option<core_affinity::CoreId>, body: F) -> Result<JoinHandle<bool>, String>
+where
+    F: FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>>>> + Send + 'static,
+{
+    let thread_name = name.clone();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            if let Some(id) = pin {
+                core_affinity::set_for_current(id);
+            }
+            let result = tokio_uring::builder().entries(RING_ENTRIES).start(body());
+            match result {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(thread = %thread_name, error = %e, "core failed");
+                    false
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start thread: {e}"))
+}
+
+fn join(t: JoinHandle<bool>) -> bool {
+    t.join().unwrap_or(false)
+}
+
+fn print_summary(shared: &Shared, smtp_cores: usize, delivery_cores: usize, binds: &[SocketAddr]) {
+    let c = &shared.config;
+    for bind in binds {
+        let names: Vec<&str> =
+            c.receive_connectors.iter().filter(|rc| rc.bind.contains(bind)).map(|rc| rc.name.as_str()).collect();
+        println!("listening on {bind} (connectors: {}) on {smtp_cores} SMTP cores", names.join(", "));
+    }
+    println!("cores: {smtp_cores} SMTP, {delivery_cores} delivery");
+    println!("spool: {} (fsync = {:?})", c.spool.dir.display(), c.spool.fsync);
+    if c.admin.enabled {
+        println!("admin: http://{}/metrics", c.admin.listen);
+    }
+    println!("ringrelay ready");
+}
+
+/// SIGTERM and SIGINT, caught on the main thread.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the signal runtime: {e}"))?;
+        let (term, int) = rt.block_on(async { (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) });
+        let term = term.map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let int = int.map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        Ok(Signals { rt, term, int })
+    }
+
+    /// Blocks until SIGTERM or SIGINT.
+    fn wait(mut self) {
+        self.rt.block_on(async {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        });
+    }
+}

@@ -1,0 +1,154 @@
+//! What crosses between cores, and how: crossbeam channels (never a blocking `recv` on an
+//! io_uring core) paired with a `Notify` that wakes the receiving core's event loop. These
+//! message types are the only shared data between cores; each owns its bytes.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use tokio::sync::Notify;
+
+use crate::smtp::envelope::{Envelope, QueueId};
+use crate::spool::SpoolRef;
+
+/// A durable message (or some of its recipients) for a delivery core.
+#[derive(Debug, Clone)]
+pub struct DeliveryJob {
+    /// Where the message is; delivery reads envelope and message through it.
+    pub spool_ref: SpoolRef,
+    /// Indices of the recipients this delivery core is to deliver (all in its domains).
+    pub rcpts: Vec<u32>,
+    /// Found by recovery at start: try at once.
+    pub recovered: bool,
+}
+
+/// From an SMTP core (or the admin endpoint) to a delivery core.
+#[derive(Debug)]
+pub enum ToDelivery {
+    /// Deliver this.
+    Job(DeliveryJob),
+    /// Finish what is in flight and stop.
+    Stop,
+}
+
+/// From a delivery core to the SMTP core that owns a message's spool.
+#[derive(Debug)]
+pub enum ToSmtp {
+    /// These recipients are finished (delivered, or failed and reported).
+    Finished {
+        /// The message.
+        queue_id: QueueId,
+        /// Recipient indices.
+        rcpts: Vec<u32>,
+    },
+    /// Queue a message made by the relay itself (a DSN) durably, then deliver it like any
+    /// other; `done` gets its queue id once durable, or None if it could not be stored.
+    Inject {
+        /// Its envelope; the SMTP core assigns the queue id and arrival time.
+        envelope: Box<Envelope>,
+        /// The message.
+        message: Vec<u8>,
+        /// The outcome.
+        done: tokio::sync::oneshot::Sender<Option<QueueId>>,
+    },
+}
+
+/// The sending half: cloneable, `Send`.
+pub struct Mailbox<T> {
+    tx: Sender<T>,
+    wake: Arc<Notify>,
+}
+
+impl<T> Clone for Mailbox<T> {
+    fn clone(&self) -> Self {
+        Mailbox { tx: self.tx.clone(), wake: Arc::clone(&self.wake) }
+    }
+}
+
+impl<T> Mailbox<T> {
+    /// Sends and wakes the receiver. False when the receiver is gone.
+    pub fn send(&self, message: T) -> bool {
+        let ok = self.tx.send(message).is_ok();
+        self.wake.notify_one();
+        ok
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// No message waiting.
+    pub fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+}
+
+/// The receiving half, owned by one core.
+pub struct Inbox<T> {
+    rx: Receiver<T>,
+    wake: Arc<Notify>,
+}
+
+impl<T> Inbox<T> {
+    /// Waits for messages and moves up to `max` of them into `out`. Returns false once every
+    /// sender is gone and nothing is left.
+    pub async fn recv_batch(&self, out: &mut Vec<T>, max: usize) -> bool {
+        loop {
+            let notified = self.wake.notified();
+            loop {
+                match self.rx.try_recv() {
+                    Ok(m) => {
+                        out.push(m);
+                        if out.len() >= max {
+                            return true;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return !out.is_empty(),
+                }
+            }
+            if !out.is_empty() {
+                return true;
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes one message if there is one, without waiting.
+    pub fn try_recv(&self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// An unbounded mailbox pair. Backpressure is by queue limits (`452 4.3.1`), not by
+/// blocking a sender, which must never happen on an io_uring core.
+pub fn mailbox<T>() -> (Mailbox<T>, Inbox<T>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let wake = Arc::new(Notify::new());
+    (Mailbox { tx, wake: Arc::clone(&wake) }, Inbox { rx, wake })
+}
+
+/// The delivery core for a destination domain: the same domain always goes to the same core,
+/// so that its queue, its connections and its batching live in one place.
+pub fn delivery_core_for(domain: &str, cores: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for b in domain.bytes() {
+        b.to_ascii_lowercase().hash(&mut h);
+    }
+    (h.finish() % cores.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_map_to_cores_stably_and_case_blind() {
+        assert_eq!(delivery_core_for("Example.TEST", 4), delivery_core_for("example.test", 4));
+        let spread: std::collections::HashSet<usize> =
+            (0..100).map(|i| delivery_core_for(&format!("d{i}.test"), 4)).collect();
+        assert_eq!(spread.len(), 4);
+        assert_eq!(delivery_core_for("x", 1), 0);
+    }
+}

@@ -1,0 +1,242 @@
+//! One SMTP core: its state (spool, queue-id generator, connection count, per-connector
+//! session settings), its accept loops (one SO_REUSEPORT listener per bind address), the
+//! task that takes outcomes and DSNs from delivery cores, and its part of shutdown.
+//! Everything here is `!Send` and lives on the core's own thread.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
+
+use super::conn;
+use super::handoff::{DeliveryJob, Inbox, Mailbox, ToDelivery, ToSmtp, delivery_core_for};
+use super::shared::Shared;
+use crate::clock::DateCache;
+use crate::smtp::envelope::{Envelope, QueueIdGen};
+use crate::smtp::{QueueId, SessionConfig};
+use crate::spool::{RecoveredMessage, Spool, SpoolRef};
+
+/// The state of one SMTP core.
+pub struct SmtpCore {
+    /// Core number (also the spool directory number).
+    pub index: u16,
+    /// Read-only state shared by all cores.
+    pub shared: Arc<Shared>,
+    /// This core's spool.
+    pub spool: Spool,
+    ids: RefCell<QueueIdGen>,
+    dates: DateCache,
+    /// Session settings per receive connector.
+    pub session_configs: Vec<Rc<SessionConfig>>,
+    /// Open connections on this core.
+    pub connections: Cell<usize>,
+    delivery: Vec<Mailbox<ToDelivery>>,
+    /// Set once shutdown starts.
+    pub stopping: Cell<bool>,
+    /// Woken when shutdown starts.
+    pub stop: Notify,
+}
+
+impl SmtpCore {
+    /// A fresh queue id.
+    pub fn next_queue_id(&self) -> QueueId {
+        self.ids.borrow_mut().next(crate::clock::unix_ms())
+    }
+
+    /// Today's RFC 5322 date, cached per second.
+    pub fn date(&self) -> String {
+        self.dates.rfc5322(crate::clock::unix_ms())
+    }
+
+    /// Hands a durable message to the delivery cores of its recipients' domains.
+    pub fn hand_off(&self, spool_ref: &SpoolRef, envelope: &Envelope, rcpts: &[u32], recovered: bool) {
+        let cores = self.delivery.len();
+        let mut per_core: Vec<Vec<u32>> = vec![Vec::new(); cores];
+        for &i in rcpts {
+            if let Some(r) = envelope.recipients.get(i as usize) {
+                per_core[delivery_core_for(r.domain(), cores)].push(i);
+            }
+        }
+        for (core, rcpts) in per_core.into_iter().enumerate() {
+            if rcpts.is_empty() {
+                continue;
+            }
+            let job = DeliveryJob { spool_ref: spool_ref.clone(), rcpts, recovered };
+            if !self.delivery[core].send(ToDelivery::Job(job)) {
+                tracing::error!(queue_id = %envelope.queue_id, "delivery core {core} is gone; the message stays queued");
+            }
+        }
+    }
+
+    /// Messages waiting in delivery inboxes (a cheap backpressure signal).
+    pub fn delivery_backlog(&self) -> usize {
+        self.delivery.iter().map(Mailbox::len).sum()
+    }
+}
+
+/// What a core thread is given at start.
+pub struct CoreStart {
+    /// Core number.
+    pub index: u16,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// The listeners of this core: (configured address, socket).
+    pub listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    /// What recovery found for this core, and orphan directories it adopts.
+    pub recovered: crate::spool::Recovered,
+    /// Orphans.
+    pub adopted: Vec<(std::path::PathBuf, crate::spool::Recovered)>,
+    /// Delivery mailboxes, one per delivery core.
+    pub delivery: Vec<Mailbox<ToDelivery>>,
+    /// This core's inbox from delivery.
+    pub inbox: Inbox<ToSmtp>,
+    /// Flips to true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Runs an SMTP core until shutdown completes. Call on the core's thread, inside tokio-uring.
+pub async fn run(start: CoreStart) -> std::io::Result<()> {
+    let CoreStart { index, shared, listeners, recovered, adopted, delivery, inbox, mut shutdown } = start;
+    let config = &shared.config;
+    let floor = recovered.max_queue_id.max(QueueId(recovered.newest_created_ms << 22));
+    let floor = adopted.iter().map(|(_, r)| r.max_queue_id).fold(floor, QueueId::max);
+    let opts = crate::spool::SpoolOptions {
+        dir: crate::spool::core_dir(&config.spool.dir, index),
+        core: index,
+        fsync: config.spool.fsync,
+        segment_bytes: config.spool.segment_size.0,
+        max_messages: config.spool.max_messages,
+        max_bytes: config.spool.max_bytes.0,
+        min_free_disk: config.spool.min_free_disk.0,
+        gate: None,
+    };
+    let (spool, live) = Spool::open(opts, recovered, adopted)?;
+    let core = Rc::new(SmtpCore {
+        index,
+        session_configs: shared.session_configs.iter().map(|c| Rc::new(c.clone())).collect(),
+        shared: Arc::clone(&shared),
+        spool,
+        ids: RefCell::new(QueueIdGen::new(u8::try_from(index).unwrap_or(u8::MAX), floor)),
+        dates: DateCache::default(),
+        connections: Cell::new(0),
+        delivery,
+        stopping: Cell::new(false),
+        stop: Notify::new(),
+    });
+    if !live.is_empty() {
+        tracing::info!(core = index, messages = live.len(), "recovered queued messages; delivering them now");
+    }
+    for m in live {
+        let RecoveredMessage { spool_ref, envelope, pending, .. } = m;
+        core.hand_off(&spool_ref, &envelope, &pending, true);
+    }
+    let inbox_task = tokio_uring::spawn(inbox_loop(Rc::clone(&core), inbox));
+    let mut accepts = Vec::new();
+    let mut listener_fds = Vec::new();
+    for (bind, std_listener) in listeners {
+        let listener = tokio_uring::net::TcpListener::from_std(std_listener);
+        listener_fds.push(listener.as_raw_fd());
+        accepts.push(tokio_uring::spawn(accept_loop(Rc::clone(&core), listener, bind)));
+    }
+    // Wait for shutdown.
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    core.stopping.set(true);
+    core.stop.notify_waiters();
+    // Wake the pending accepts: shutdown(2) on a listening socket makes accept fail.
+    for fd in listener_fds {
+        // SAFETY: the listeners are alive (their accept tasks hold them); shutdown only
+        // changes socket state and does not close the descriptor.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    for a in accepts {
+        let _ = a.await;
+    }
+    // Sessions in flight finish, within the grace period.
+    let grace = config.limits.shutdown_grace.get();
+    let deadline = crate::clock::now() + grace;
+    while core.connections.get() > 0 && crate::clock::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if core.connections.get() > 0 {
+        tracing::warn!(
+            core = index,
+            sessions = core.connections.get(),
+            "shutdown grace over; closing remaining sessions"
+        );
+    }
+    core.spool.close().await;
+    inbox_task.abort();
+    Ok(())
+}
+
+async fn accept_loop(core: Rc<SmtpCore>, listener: tokio_uring::net::TcpListener, bind: SocketAddr) {
+    let cap = core.shared.config.limits.max_connections_per_core;
+    loop {
+        let accepted = listener.accept().await;
+        if core.stopping.get() {
+            return;
+        }
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                tracing::warn!(core = core.index, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if core.connections.get() >= cap {
+            tokio_uring::spawn(conn::refuse(
+                tcp,
+                crate::smtp::reply::TOO_MANY_CONNECTIONS,
+                core.shared.config.hostname.clone(),
+            ));
+            continue;
+        }
+        core.connections.set(core.connections.get() + 1);
+        let c = Rc::clone(&core);
+        tokio_uring::spawn(async move {
+            conn::serve(Rc::clone(&c), tcp, peer, bind).await;
+            c.connections.set(c.connections.get() - 1);
+        });
+    }
+}
+
+/// Takes outcomes and DSNs from delivery cores.
+async fn inbox_loop(core: Rc<SmtpCore>, inbox: Inbox<ToSmtp>) {
+    let mut batch = Vec::with_capacity(256);
+    while inbox.recv_batch(&mut batch, 256).await {
+        for m in batch.drain(..) {
+            match m {
+                ToSmtp::Finished { queue_id, rcpts } => core.spool.record_finished(queue_id, &rcpts),
+                ToSmtp::Inject { mut envelope, message, done } => {
+                    let c = Rc::clone(&core);
+                    envelope.queue_id = c.next_queue_id();
+                    envelope.received_at_ms = crate::clock::unix_ms();
+                    tokio_uring::spawn(async move {
+                        let result = c.spool.append(&envelope, &message).await;
+                        let queued = match result {
+                            Ok(r) => {
+                                let all: Vec<u32> = (0..envelope.recipients.len() as u32).collect();
+                                c.hand_off(&r, &envelope, &all, false);
+                                Some(envelope.queue_id)
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot queue a DSN");
+                                None
+                            }
+                        };
+                        let _ = done.send(queued);
+                    });
+                }
+            }
+        }
+    }
+}
