@@ -74,6 +74,7 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
             delivery: delivery_mail.clone(),
             inbox,
             shutdown: shutdown_rx.clone(),
+            spool_gate: None,
         };
         let pin = core_ids.get(i % core_ids.len().max(1)).copied();
         smtp_threads.push(spawn_core(format!("smtp-{i}"), pin, move || Box::pin(smtp_core::run(start)))?);

@@ -95,11 +95,14 @@ pub struct CoreStart {
     pub inbox: Inbox<ToSmtp>,
     /// Flips to true on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// Tests only: hold spool commits until permits are added (see `SpoolOptions::gate`).
+    #[doc(hidden)]
+    pub spool_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Runs an SMTP core until shutdown completes. Call on the core's thread, inside tokio-uring.
 pub async fn run(start: CoreStart) -> std::io::Result<()> {
-    let CoreStart { index, shared, listeners, recovered, adopted, delivery, inbox, mut shutdown } = start;
+    let CoreStart { index, shared, listeners, recovered, adopted, delivery, inbox, mut shutdown, spool_gate } = start;
     let config = &shared.config;
     let floor = recovered.max_queue_id.max(QueueId(recovered.newest_created_ms << 22));
     let floor = adopted.iter().map(|(_, r)| r.max_queue_id).fold(floor, QueueId::max);
@@ -111,7 +114,7 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         max_messages: config.spool.max_messages,
         max_bytes: config.spool.max_bytes.0,
         min_free_disk: config.spool.min_free_disk.0,
-        gate: None,
+        gate: spool_gate,
     };
     let (spool, live) = Spool::open(opts, recovered, adopted)?;
     let core = Rc::new(SmtpCore {

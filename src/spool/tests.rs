@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::rc::Rc;
 
 use super::*;
 use crate::config::FsyncMode;
@@ -85,9 +84,9 @@ fn concurrent_appends_share_syncs_and_read_back() {
 fn nothing_is_acknowledged_while_the_commit_is_held() {
     let tmp = tempfile::tempdir().unwrap();
     tokio_uring::start(async {
-        let gate = Rc::new(tokio::sync::Semaphore::new(0));
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
         let mut opts = options(tmp.path(), 0, 64 << 20);
-        opts.gate = Some(Rc::clone(&gate));
+        opts.gate = Some(std::sync::Arc::clone(&gate));
         let own = recover(&opts.dir, 0).unwrap();
         let (spool, _) = Spool::open(opts, own, Vec::new()).unwrap();
         let s2 = spool.clone();

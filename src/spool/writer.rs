@@ -38,7 +38,7 @@ pub struct SpoolOptions {
     /// Tests only: the writer takes a permit before writing each batch, so a test can hold
     /// commits back and show that nothing is acknowledged meanwhile.
     #[doc(hidden)]
-    pub gate: Option<Rc<tokio::sync::Semaphore>>,
+    pub gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Why an append was not made durable.

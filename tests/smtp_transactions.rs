@@ -1,0 +1,154 @@
+//! Whole SMTP transactions over a real TCP socket against the real binary: pipelining, BDAT,
+//! RSET, limits, long lines, smuggling attempts, and a client that vanishes mid-DATA.
+
+mod common;
+
+use common::{Relay, spool_messages, strip_received};
+
+#[test]
+fn pipelined_transaction_in_one_write_is_queued_with_identical_bytes() {
+    let relay = Relay::start_default();
+    let mut c = relay.client();
+    c.reply();
+    c.send(
+        b"EHLO client.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@dest.test>\r\nRCPT TO:<c@dest.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@dest.test\r\nDATA\r\n",
+    );
+    let ehlo = c.reply();
+    assert!(ehlo.lines.iter().any(|l| l == "PIPELINING"), "{ehlo:?}");
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.reply().code, 354);
+    c.send(b"Subject: pipelined\r\n\r\n..leading dot\r\nline 2\r\n.\r\nNOOP\r\n");
+    let queued = c.reply();
+    assert_eq!(queued.code, 250, "{queued:?}");
+    assert!(queued.text().starts_with("2.6.0 <") && queued.text().ends_with("> Queued mail for delivery"));
+    assert_eq!(c.reply().line(), "250 2.0.0 OK");
+    let id = queued.queue_id().unwrap();
+    let stored = spool_messages(&relay.spool());
+    let (env, msg) = stored.get(&id).expect("queued message is in the spool");
+    assert_eq!(strip_received(msg), b"Subject: pipelined\r\n\r\n.leading dot\r\nline 2\r\n");
+    assert_eq!(env.sender, "a@example.test");
+    assert_eq!(env.recipients.len(), 2);
+    assert_eq!(env.recipients[1].orcpt.as_deref(), Some("rfc822;c@dest.test"));
+    assert_eq!(env.connector, "loopback");
+    assert_eq!(env.helo, "client.test");
+}
+
+#[test]
+fn bdat_chunks_and_rset_mid_transaction() {
+    let relay = Relay::start_default();
+    let mut c = relay.client();
+    let ehlo = c.hello();
+    assert!(ehlo.lines.iter().any(|l| l == "CHUNKING"));
+    assert_eq!(c.cmd("MAIL FROM:<a@example.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@dest.test>").code, 250);
+    assert_eq!(c.cmd("RSET").line(), "250 2.0.0 Resetting");
+    assert_eq!(c.cmd("RCPT TO:<b@dest.test>").code, 503, "RSET ended the transaction");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@dest.test>").code, 250);
+    c.send(b"BDAT 23\r\nSubject: bdat\r\n\r\nfirst ");
+    assert_eq!(c.reply().line(), "250 2.0.0 23 octets received");
+    c.send(b"BDAT 14 LAST\r\n.second part\r\n");
+    let r = c.reply();
+    assert_eq!(r.code, 250, "{r:?}");
+    let stored = spool_messages(&relay.spool());
+    let (_, msg) = &stored[&r.queue_id().unwrap()];
+    assert_eq!(strip_received(msg), b"Subject: bdat\r\n\r\nfirst .second part\r\n", "BDAT is not unstuffed");
+}
+
+#[test]
+fn size_and_recipient_limits() {
+    let relay = Relay::start_default(); // 64 KiB, 5 recipients
+    let mut c = relay.client();
+    let ehlo = c.hello();
+    assert!(ehlo.lines.iter().any(|l| l == "SIZE 65536"), "{ehlo:?}");
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.test> SIZE=65537").line(),
+        "552 5.3.4 Message size exceeds fixed maximum message size"
+    );
+    assert_eq!(c.cmd("MAIL FROM:<a@example.test> SIZE=1000").code, 250);
+    for i in 0..5 {
+        assert_eq!(c.cmd(&format!("RCPT TO:<r{i}@dest.test>")).code, 250);
+    }
+    assert_eq!(c.cmd("RCPT TO:<r5@dest.test>").line(), "452 4.5.3 Too many recipients");
+    assert_eq!(c.cmd("DATA").code, 354);
+    let line = format!("{}\r\n", "x".repeat(998));
+    for _ in 0..70 {
+        c.send(line.as_bytes());
+    }
+    c.send(b".\r\n");
+    assert_eq!(c.reply().line(), "552 5.3.4 Message size exceeds fixed maximum message size");
+    assert!(spool_messages(&relay.spool()).is_empty(), "nothing kept of an over-size message");
+    assert_eq!(c.cmd("NOOP").code, 250, "the session goes on");
+}
+
+#[test]
+fn long_command_lines_are_refused_and_the_session_continues() {
+    let relay = Relay::start_default(); // max_command_line = 1000
+    let mut c = relay.client();
+    c.hello();
+    let long = format!("MAIL FROM:<{}@example.test>", "a".repeat(1200));
+    assert_eq!(c.cmd(&long).line(), "500 5.5.2 Line too long");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.test>").code, 250);
+    // A 3 MB line without CRLF is dropped as it streams, not buffered.
+    let huge = vec![b'z'; 3 << 20];
+    c.send(&huge);
+    c.send(b"\r\n");
+    assert_eq!(c.reply().line(), "500 5.5.2 Line too long");
+    assert_eq!(c.cmd("NOOP").code, 250);
+}
+
+#[test]
+fn smuggling_attempts_never_end_data_early() {
+    let relay = Relay::start_default();
+    for vector in ["\n.\r\n", "\r\n.\n", "\n.\n", "\r.\r\n", "\r\n.\r"] {
+        let mut c = relay.client();
+        c.hello();
+        assert_eq!(c.cmd("MAIL FROM:<a@example.test>").code, 250);
+        assert_eq!(c.cmd("RCPT TO:<b@dest.test>").code, 250);
+        assert_eq!(c.cmd("DATA").code, 354);
+        c.send(format!("Subject: smuggle\r\n\r\nbody{vector}MAIL FROM:<ceo@example.test>\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\nforged\r\n.\r\n").as_bytes());
+        let r = c.reply();
+        assert!(r.code == 550 && r.text().starts_with("5.6.0"), "{vector:?}: {r:?}");
+        // Only one reply: the smuggled commands were message content, never commands.
+        assert_eq!(c.cmd("NOOP").line(), "250 2.0.0 OK", "{vector:?}");
+    }
+    assert!(spool_messages(&relay.spool()).is_empty());
+}
+
+#[test]
+fn client_vanishing_mid_data_leaves_nothing_stored() {
+    let relay = Relay::start_default();
+    let mut c = relay.client();
+    c.hello();
+    assert_eq!(c.cmd("MAIL FROM:<a@example.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@dest.test>").code, 250);
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send(b"Subject: cut\r\n\r\nhalf a message\r\n");
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The relay is fine and the spool holds nothing.
+    let mut c = relay.client();
+    c.hello();
+    assert_eq!(c.send_mail("a@example.test", &["b@dest.test"], "Subject: ok\r\n\r\nfine\r\n").code, 250);
+    let stored = spool_messages(&relay.spool());
+    assert_eq!(stored.len(), 1, "only the completed message");
+    assert!(strip_received(&stored.values().next().unwrap().1).starts_with(b"Subject: ok"));
+}
+
+#[test]
+fn too_many_bad_commands_close_with_421() {
+    let relay = Relay::start_default();
+    let mut c = relay.client();
+    c.hello();
+    // max_bad_commands is 20: the 21st bad command gets its 500, then 421 and the close.
+    for _ in 0..20 {
+        assert_eq!(c.cmd("FROB").code, 500);
+    }
+    assert_eq!(c.cmd("FROB").code, 500);
+    let r = c.reply();
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text().starts_with("4.7.0"), "{r:?}");
+    assert!(c.is_closed());
+}
