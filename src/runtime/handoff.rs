@@ -68,9 +68,20 @@ impl<T> Clone for Mailbox<T> {
 impl<T> Mailbox<T> {
     /// Sends and wakes the receiver. False when the receiver is gone.
     pub fn send(&self, message: T) -> bool {
-        let ok = self.tx.send(message).is_ok();
-        self.wake.notify_one();
+        let ok = self.send_quiet(message);
+        self.wake();
         ok
+    }
+
+    /// Sends without waking the receiver: for a burst of messages, followed by one `wake`
+    /// (waking another core is a syscall and a context switch; one per burst is enough).
+    pub fn send_quiet(&self, message: T) -> bool {
+        self.tx.send(message).is_ok()
+    }
+
+    /// Wakes the receiver.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Messages waiting.

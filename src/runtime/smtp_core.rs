@@ -34,10 +34,14 @@ pub struct SmtpCore {
     /// Open connections on this core.
     pub connections: Cell<usize>,
     delivery: Vec<Mailbox<ToDelivery>>,
+    /// Delivery cores sent to since the last wake (bit i: core i; cores past 63 share bit 63).
+    unwoken: Cell<u64>,
     /// Set once shutdown starts.
     pub stopping: Cell<bool>,
     /// Woken when shutdown starts.
     pub stop: Notify,
+    /// This core itself, for tasks it spawns.
+    me: RefCell<std::rc::Weak<SmtpCore>>,
 }
 
 impl SmtpCore {
@@ -65,8 +69,30 @@ impl SmtpCore {
                 continue;
             }
             let job = DeliveryJob { spool_ref: spool_ref.clone(), rcpts, recovered };
-            if !self.delivery[core].send(ToDelivery::Job(job)) {
+            if !self.delivery[core].send_quiet(ToDelivery::Job(job)) {
                 tracing::error!(queue_id = %envelope.queue_id, "delivery core {core} is gone; the message stays queued");
+            }
+            self.schedule_wake(core);
+        }
+    }
+
+    /// Wakes the delivery cores sent to, once, after every task woken by the same spool batch
+    /// has handed off its message: a task queued now runs after them.
+    fn schedule_wake(&self, core: usize) {
+        let before = self.unwoken.get();
+        self.unwoken.set(before | (1u64 << core.min(63)));
+        if before != 0 {
+            return; // a wake is already scheduled
+        }
+        let Some(me) = self.me.borrow().upgrade() else { return self.wake_delivery() };
+        tokio_uring::spawn(async move { me.wake_delivery() });
+    }
+
+    fn wake_delivery(&self) {
+        let bits = self.unwoken.replace(0);
+        for (i, mailbox) in self.delivery.iter().enumerate() {
+            if bits & (1u64 << i.min(63)) != 0 {
+                mailbox.wake();
             }
         }
     }
@@ -126,9 +152,12 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         dates: DateCache::default(),
         connections: Cell::new(0),
         delivery,
+        unwoken: Cell::new(0),
         stopping: Cell::new(false),
         stop: Notify::new(),
+        me: RefCell::new(std::rc::Weak::new()),
     });
+    *core.me.borrow_mut() = Rc::downgrade(&core);
     if !live.is_empty() {
         tracing::info!(core = index, messages = live.len(), "recovered queued messages; delivering them now");
     }

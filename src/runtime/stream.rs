@@ -137,13 +137,13 @@ impl Stream {
         let _ = self.tcp.shutdown(Shutdown::Both);
     }
 
-    /// Closes cleanly: TLS close_notify when under TLS, then shuts the socket down.
+    /// Closes cleanly: TLS close_notify when under TLS. The descriptor is closed when the
+    /// stream is dropped; no `shutdown` is needed when no operation was abandoned.
     pub async fn close(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
             tls.conn.send_close_notify();
             let _ = tls.flush(&self.tcp).await;
         }
-        self.shutdown();
     }
 }
 
