@@ -9,12 +9,14 @@
 //! - `client`: the sans-IO SMTP client session: greeting, EHLO/HELO, STARTTLS, AUTH, then any
 //!   number of (pipelined) MAIL/RCPT/DATA transactions on one connection, with per-recipient
 //!   outcomes.
+//! - `dsn`: RFC 3464 delivery status notifications, and whether one is wanted (RFC 3461).
 //!
 //! Routing (which connector, which hosts, what a failure means for the next attempt) is in
 //! `policy::route`; the retry schedule and the deferred set are in `queue::retry`.
 
 pub mod client;
 pub mod data;
+pub mod dsn;
 pub mod reply;
 
 pub use client::{ClientConfig, ClientSession, Event, Output, Stage, TimeoutKind, Tls, Transaction};
