@@ -245,6 +245,8 @@ pub enum Cause {
     Protocol,
     /// The connection dropped (the runtime called `connection_lost`).
     ConnectionLost,
+    /// The TLS handshake failed (the runtime called `tls_failed`).
+    TlsFailed,
     /// A reply did not come in time (the runtime called `timed_out`).
     Timeout,
 }
@@ -271,8 +273,9 @@ pub enum CloseReason {
 pub enum Event {
     /// The session is idle: `start_transaction` (or `quit`) may be called.
     Ready,
-    /// Send the pending output, discard nothing (the client refuses any input left over), run
-    /// the TLS handshake, then call `tls_established` (or close on failure).
+    /// Run the TLS handshake on the connection (the STARTTLS reply was the last plaintext the
+    /// client accepts: bytes after it close the session), then call `tls_established`, or
+    /// `tls_failed` and close.
     NeedTls,
     /// 354 came: feed the message through `write_body`, then `finish_body`.
     SendBody,
@@ -574,8 +577,9 @@ impl fmt::Debug for ClientSession {
 impl ClientSession {
     /// A session for a connection that was just opened (plain TCP): it waits for the greeting.
     ///
-    /// Panics when `helo_name` is not a plausible domain or address literal: it is written in
-    /// a command line, so it must not contain spaces or control characters.
+    /// Panics when `helo_name` is not a plausible domain or address literal (it is written in
+    /// a command line, so it must not contain spaces or control characters), or when
+    /// `reply_line_max` is under 512 or `reply_lines_max` is 0: configuration bugs.
     pub fn new(cfg: Rc<ClientConfig>) -> ClientSession {
         assert!(
             !cfg.helo_name.is_empty() && cfg.helo_name.bytes().all(|b| b > b' ' && b != 0x7f),
@@ -711,7 +715,9 @@ impl ClientSession {
 
     /// Starts a transaction on an idle session. Outcomes are reported per recipient, in the
     /// order of `recipients`, by `Event::TransactionDone` (which may come from this very call
-    /// when the client decides alone, e.g. a message over the server's SIZE).
+    /// when the client decides alone, e.g. a message over the server's SIZE). On
+    /// `Err(TooManyRecipients)` nothing was sent, the session stays ready, and the previous
+    /// transaction's `result()` is no longer valid.
     pub fn start_transaction<'r>(
         &mut self,
         tx: &Transaction<'_>,
@@ -808,6 +814,14 @@ impl ClientSession {
             self.send_commands(out);
         }
         Ok(())
+    }
+
+    /// The TLS handshake asked for by `Event::NeedTls` failed: `Event::Closed` with
+    /// `Cause::TlsFailed`. The connection cannot be used any more (see
+    /// `policy::route::plaintext_retry_allowed` for trying the host again without TLS).
+    pub fn tls_failed(&mut self, out: &mut Output) {
+        assert_eq!(self.phase, Phase::TlsHandshake, "tls_failed without Event::NeedTls");
+        self.abort_with(Cause::TlsFailed, Response::local(reply::TLS_HANDSHAKE_FAILED), out);
     }
 
     /// Writes the encoding of the next piece of the message content into `out.wire`. Returns

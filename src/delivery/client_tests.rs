@@ -220,6 +220,19 @@ fn starttls_then_ehlo_again_with_fresh_capabilities() {
 }
 
 #[test]
+fn tls_handshake_failure_closes() {
+    let mut h = H::new(ClientConfig::new("relay.test", Tls::Opportunistic));
+    h.server("220 mx\r\n");
+    h.server("250-mx\r\n250 STARTTLS\r\n");
+    h.server("220 go\r\n");
+    let mut out = Output::default();
+    h.c.tls_failed(&mut out);
+    assert!(out.wire.is_empty());
+    let CloseReason::Failed { stage, cause, reply } = closed_reason(&out.events) else { panic!() };
+    assert_eq!((*stage, *cause, reply.code()), (Stage::TlsHandshake, Cause::TlsFailed, 451));
+}
+
+#[test]
 fn plaintext_after_the_starttls_reply_is_refused() {
     let mut h = H::new(ClientConfig::new("relay.test", Tls::Opportunistic));
     h.server("220 mx\r\n");

@@ -453,6 +453,9 @@ pub const TLS_NOT_OFFERED: Reply = Reply {
     status: "4.7.5",
     text: "TLS is required for this destination but the server does not offer STARTTLS",
 };
+/// The TLS handshake after STARTTLS failed.
+pub const TLS_HANDSHAKE_FAILED: Reply =
+    Reply { code: 451, status: "4.7.5", text: "TLS handshake with the remote server failed" };
 /// Smart-host credentials are configured but TLS is not active: they are never sent in clear.
 pub const AUTH_NEEDS_TLS: Reply = Reply {
     code: 451,
@@ -478,6 +481,7 @@ pub const LOCAL: &[Reply] = &[
     TIMEOUT_AFTER_DATA,
     PROTOCOL_ERROR,
     TLS_NOT_OFFERED,
+    TLS_HANDSHAKE_FAILED,
     AUTH_NEEDS_TLS,
     NO_AUTH_MECHANISM,
     RESET_FAILED,

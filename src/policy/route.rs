@@ -411,7 +411,7 @@ fn classify_recipient(o: &RecipientOutcome, progress: bool) -> Verdict {
             }
         }
         Cause::Local => Verdict::Defer,
-        Cause::TlsNotOffered | Cause::AuthNeedsTls | Cause::NoAuthMechanism => Verdict::NextHost,
+        Cause::TlsNotOffered | Cause::TlsFailed | Cause::AuthNeedsTls | Cause::NoAuthMechanism => Verdict::NextHost,
     }
 }
 
