@@ -27,6 +27,62 @@
 //! - bytes that arrive after the 220 to STARTTLS (before the handshake) are refused: they would
 //!   be plaintext injected into the TLS session (the client side of CVE-2011-0411);
 //! - RSET is sent only before reusing a connection whose last transaction stopped midway.
+//!
+//! # Driving a session
+//!
+//! The runtime's loop, with the server's side scripted:
+//!
+//! ```
+//! use std::rc::Rc;
+//! use ringrelay::delivery::client::{
+//!     ClientConfig, ClientSession, Event, Output, RecipientStatus, Tls, Transaction,
+//! };
+//! use ringrelay::smtp::envelope::{BodyType, Recipient};
+//!
+//! let config = Rc::new(ClientConfig::new("relay.example.test", Tls::Off));
+//! let mut session = ClientSession::new(config);
+//! let mut out = Output::default();
+//!
+//! // Bytes read from the socket go in; `out.wire` goes to the socket; then `out.clear()`.
+//! session.receive(b"220 mx.example.test ESMTP\r\n", &mut out);
+//! assert_eq!(out.wire, b"EHLO relay.example.test\r\n");
+//! out.clear();
+//! session.receive(b"250-mx.example.test\r\n250-PIPELINING\r\n250 SIZE 10485760\r\n", &mut out);
+//! assert_eq!(out.events, [Event::Ready]);
+//! out.clear();
+//!
+//! // A pooled connection takes one message at a time.
+//! let message = b"Subject: hi\r\n\r\nHello\r\n";
+//! let rcpts = [Recipient { address: "a@example.test".into(), ..Default::default() }];
+//! let tx = Transaction {
+//!     sender: "app@example.org",
+//!     size: message.len() as u64,
+//!     body: BodyType::SevenBit,
+//!     smtputf8: false,
+//!     ret: None,
+//!     envid: None,
+//! };
+//! session.start_transaction(&tx, &rcpts, &mut out).unwrap();
+//! assert_eq!(out.wire, b"MAIL FROM:<app@example.org> SIZE=22\r\nRCPT TO:<a@example.test>\r\nDATA\r\n");
+//! out.clear();
+//! session.receive(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n", &mut out);
+//! assert_eq!(out.events, [Event::SendBody]);
+//! out.clear();
+//!
+//! // The body goes in pieces as it is read from the spool; each write is one data block.
+//! for piece in message.chunks(8) {
+//!     session.write_body(piece, &mut out);
+//! }
+//! session.finish_body(&mut out);
+//! assert!(out.wire.ends_with(b"Hello\r\n.\r\n"));
+//! out.clear();
+//!
+//! session.receive(b"250 2.0.0 queued as 1234\r\n", &mut out);
+//! assert_eq!(out.events, [Event::TransactionDone, Event::Ready]);
+//! let outcome = &session.result().recipients()[0];
+//! assert_eq!(outcome.status, RecipientStatus::Delivered);
+//! assert_eq!(outcome.reply.one_line(), "250 2.0.0 queued as 1234");
+//! ```
 
 use std::collections::VecDeque;
 use std::fmt;
