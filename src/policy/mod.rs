@@ -4,4 +4,5 @@
 
 pub mod receive;
 pub mod relay;
+pub mod route;
 pub mod users;
