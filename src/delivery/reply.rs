@@ -469,8 +469,28 @@ pub const NO_AUTH_MECHANISM: Reply =
 pub const RESET_FAILED: Reply =
     Reply { code: 451, status: "4.5.0", text: "The remote server refused RSET; connection dropped" };
 
+/// No host of the destination accepted a TCP connection.
+pub const CONNECT_FAILED: Reply =
+    Reply { code: 451, status: "4.4.1", text: "No answer from the remote host (connection failed)" };
+/// Every host of the destination failed recently and is left alone for a while.
+pub const HOSTS_BACKED_OFF: Reply = Reply {
+    code: 451,
+    status: "4.4.1",
+    text: "The remote hosts failed recently and are not retried yet (host backoff)",
+};
+/// A host name of the destination does not resolve.
+pub const HOST_LOOKUP_FAILED: Reply =
+    Reply { code: 451, status: "4.4.3", text: "The remote host name could not be resolved" };
+/// An administrator deleted the message from the queue.
+pub const DELETED_BY_ADMIN: Reply =
+    Reply { code: 550, status: "5.7.1", text: "Deleted from the queue by the administrator" };
+
 /// Every local reply, for the table test and documentation.
 pub const LOCAL: &[Reply] = &[
+    CONNECT_FAILED,
+    HOSTS_BACKED_OFF,
+    HOST_LOOKUP_FAILED,
+    DELETED_BY_ADMIN,
     TOO_BIG_FOR_SERVER,
     NO_SMTPUTF8,
     BAD_SENDER_ADDRESS,

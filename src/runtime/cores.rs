@@ -44,7 +44,7 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
     let binds: Vec<SocketAddr> = shared.connectors.binds().collect();
     let mut listeners: Vec<Vec<(SocketAddr, std::net::TcpListener)>> = (0..smtp_cores).map(|_| Vec::new()).collect();
     for &bind in &binds {
-        net::check_port_free(bind).map_err(|e| bind_error(bind, &e))?;
+        wait_port_free(bind)?;
         for per_core in listeners.iter_mut() {
             let l = net::reuseport_listener(bind, BACKLOG).map_err(|e| bind_error(bind, &e))?;
             per_core.push((bind, l));
@@ -125,6 +125,28 @@ fn recover_all(
         }
     }
     Ok((own, adopted))
+}
+
+/// Checks that nothing else listens on `bind`. A listener of a process that just died can
+/// outlive it for a moment (io_uring releases the files of in-flight operations after the
+/// process exits), and joining it with SO_REUSEPORT would send connections into a socket that
+/// nobody accepts from: so wait for it to go, for a few seconds, before calling the port taken.
+fn wait_port_free(bind: SocketAddr) -> Result<(), String> {
+    let deadline = crate::clock::now() + std::time::Duration::from_secs(5);
+    let mut logged = false;
+    loop {
+        match net::check_port_free(bind) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && crate::clock::now() < deadline => {
+                if !logged {
+                    tracing::info!(%bind, "address in use; waiting up to 5s in case it is a listener of a process that just stopped");
+                    logged = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(bind_error(bind, &e)),
+        }
+    }
 }
 
 fn bind_error(bind: SocketAddr, e: &std::io::Error) -> String {
