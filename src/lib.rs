@@ -40,6 +40,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod delivery;
 #[cfg(feature = "server")]
+pub mod obs;
+#[cfg(feature = "server")]
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod queue;
