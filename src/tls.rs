@@ -6,12 +6,14 @@
 //! `runtime::stream`.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::config::TlsFiles;
@@ -23,6 +25,11 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Builds the server config of a receive connector. The error says which file and what to do.
 pub fn load_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
+    reloadable_server_config(files).map(|(config, _)| config)
+}
+
+/// Reads and checks a connector's certificate chain and key.
+fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, String> {
     let cert_path = files.cert.display();
     let key_path = files.key.display();
     let pem = std::fs::read(&files.cert).map_err(|e| {
@@ -42,15 +49,54 @@ pub fn load_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String>
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         format!("{key_path} holds no usable private key ({e}); expected a PKCS#8, PKCS#1 (RSA) or SEC1 (EC) PEM key")
     })?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+        format!("{cert_path} and {key_path} cannot be used together ({e}); is the key the certificate's own?")
+    })?;
+    // Parses the leaf (rustls would refuse it at the first handshake otherwise).
+    certified.end_entity_cert().map_err(|e| format!("{cert_path}: {e}"))?;
+    Ok(Arc::new(certified))
+}
+
+/// A receive connector's certificate, replaceable while the relay runs (SIGHUP): handshakes
+/// started after `reload` present the new certificate; sessions already under TLS keep theirs.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    files: TlsFiles,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    /// Reads the files again; on any error the current certificate stays in use.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = load_certified_key(&self.files)?;
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    /// The certificate file.
+    pub fn cert_file(&self) -> &Path {
+        &self.files.cert
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // One uncontended read lock per TLS handshake (which costs a millisecond of crypto).
+        Some(Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)))
+    }
+}
+
+/// The server config of a receive connector, with its certificate behind a `ReloadableCert`.
+pub fn reloadable_server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Arc<ReloadableCert>), String> {
+    let key = load_certified_key(files)?;
+    let cert = Arc::new(ReloadableCert { files: files.clone(), current: RwLock::new(key) });
+    let resolver: Arc<dyn ResolvesServerCert> = Arc::clone(&cert) as Arc<dyn ResolvesServerCert>;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            format!("{cert_path} and {key_path} cannot be used together ({e}); is the key the certificate's own?")
-        })?;
-    Ok(Arc::new(config))
+        .with_cert_resolver(resolver);
+    Ok((Arc::new(config), cert))
 }
 
 /// Reads extra trust anchors (PEM) for smart hosts.

@@ -42,6 +42,7 @@ fn queued_reply_waits_for_the_spool_commit() {
         inbox: smtp_rx,
         shutdown: stop_rx,
         spool_gate: Some(Arc::clone(&gate)),
+        obs: ringrelay::obs::SmtpObs::metrics_only(0, 1),
     };
     let core = std::thread::spawn(move || tokio_uring::start(smtp_core::run(start)));
 

@@ -27,11 +27,13 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
     let shared = &core.shared;
     let client_ip = peer.ip().to_canonical();
     let Some(connector) = shared.connectors.select(bind, client_ip) else {
+        core.obs.refused_no_connector(); // obs hook
         tracing::debug!(%peer, %bind, "client matches no receive connector");
         refuse(tcp, reply::NO_CONNECTOR, shared.config.hostname.clone()).await;
         return;
     };
     let rc = &shared.config.receive_connectors[connector];
+    let obs = core.obs.connection(connector, peer, bind); // obs hook: counters, protocol log
     let mut stream = Stream::new(tcp);
     let tls = shared.tls[connector].clone();
     if rc.implicit_tls {
@@ -46,7 +48,7 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
         }
     }
     let session = Session::new(Rc::clone(&core.session_configs[connector]), client_ip, stream.is_tls());
-    let mut driver = Driver { core: Rc::clone(&core), connector, session, stream, out: Output::default() };
+    let mut driver = Driver { core: Rc::clone(&core), connector, session, stream, out: Output::default(), obs };
     driver.run(tls).await;
 }
 
@@ -68,6 +70,8 @@ struct Driver {
     session: Session,
     stream: Stream,
     out: Output,
+    /// Metrics, protocol log and tracking of this connection (`obs`).
+    obs: crate::obs::ConnObs,
 }
 
 /// How a wait for input ended.
@@ -118,7 +122,7 @@ impl Driver {
             }
             if !rbuf.is_empty() {
                 let mut host = SessionHost { core: &self.core, connector: self.connector };
-                let used = self.session.receive(&rbuf, &mut host, &mut self.out);
+                let used = self.obs.receive(&mut self.session, &rbuf, &mut host, &mut self.out);
                 rbuf.drain(..used);
                 if self.out.action.is_some() || !self.out.wire.is_empty() {
                     continue;
@@ -190,6 +194,7 @@ impl Driver {
         if self.out.wire.is_empty() {
             return true;
         }
+        self.obs.sent(&self.out.wire); // obs hook: reject counters, protocol log
         let wire = std::mem::take(&mut self.out.wire);
         match tokio::time::timeout(timeout, self.stream.write_all(wire)).await {
             Ok((Ok(()), mut wire)) => {
@@ -204,6 +209,7 @@ impl Driver {
     /// Makes the message durable, hands it to delivery, and completes the session's wait.
     async fn persist(&mut self) {
         let core = Rc::clone(&self.core);
+        let end_of_data = crate::clock::now(); // obs hook: accept latency
         let result = if core.spool.over_limits() {
             Err(reply::NO_STORAGE)
         } else {
@@ -212,6 +218,7 @@ impl Driver {
                     let env = self.session.envelope();
                     let all: Vec<u32> = (0..env.recipients.len() as u32).collect();
                     core.hand_off(&spool_ref, env, &all, false);
+                    self.obs.received(env, self.session.message(), end_of_data); // obs hook: RECEIVE
                     Ok(())
                 }
                 Err(e) => {

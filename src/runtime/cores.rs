@@ -25,11 +25,9 @@ const RING_ENTRIES: u32 = 1024;
 pub fn serve(loaded: Loaded) -> Result<(), String> {
     probe::io_uring()?;
     // Handlers first: a SIGTERM during start must still mean a clean stop.
-    let signals = Signals::install()?;
-    let Loaded { config, warnings, source } = loaded;
-    for w in &warnings {
-        tracing::warn!("{}: {}: {}", source.display(), w.key, w.message);
-    }
+    let mut signals = Signals::install()?;
+    // check-config's warnings are printed with the startup summary.
+    let Loaded { config, warnings, .. } = loaded;
     let smtp_cores = config.smtp_cores();
     let delivery_cores = config.cores.delivery;
     let spool_dir = config.spool.dir.clone();
@@ -40,6 +38,8 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
         )
     })?;
     let (mut own, mut adopted) = recover_all(&spool_dir, smtp_cores)?;
+    let hub = crate::obs::Hub::start(&config, smtp_cores, delivery_cores)?;
+    let admin_listener = if config.admin.enabled { Some(crate::obs::admin::bind(config.admin.listen)?) } else { None };
     let shared = Arc::new(Shared::build(config)?);
     let binds: Vec<SocketAddr> = shared.connectors.binds().collect();
     let mut listeners: Vec<Vec<(SocketAddr, std::net::TcpListener)>> = (0..smtp_cores).map(|_| Vec::new()).collect();
@@ -58,8 +58,13 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
         (0..delivery_cores).map(|_| mailbox()).unzip();
     let mut delivery_threads = Vec::new();
     for (j, inbox) in delivery_inboxes.into_iter().enumerate() {
-        let start =
-            delivery_core::DeliveryStart { index: j, shared: Arc::clone(&shared), inbox, smtp: smtp_mail.clone() };
+        let start = delivery_core::DeliveryStart {
+            index: j,
+            shared: Arc::clone(&shared),
+            inbox,
+            smtp: smtp_mail.clone(),
+            obs: hub.delivery_core(j),
+        };
         let pin = core_ids.get((smtp_cores + j) % core_ids.len().max(1)).copied();
         delivery_threads.push(spawn_core(format!("delivery-{j}"), pin, move || Box::pin(delivery_core::run(start)))?);
     }
@@ -75,13 +80,29 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
             inbox,
             shutdown: shutdown_rx.clone(),
             spool_gate: None,
+            obs: hub.smtp_core(i as u16),
         };
         let pin = core_ids.get(i % core_ids.len().max(1)).copied();
         smtp_threads.push(spawn_core(format!("smtp-{i}"), pin, move || Box::pin(smtp_core::run(start)))?);
     }
     drop(smtp_mail);
-    print_summary(&shared, smtp_cores, delivery_cores, &binds);
-    signals.wait();
+    let admin_thread = match admin_listener {
+        Some(listener) => Some(crate::obs::admin::spawn(crate::obs::admin::AdminStart {
+            listener,
+            registry: Arc::clone(&hub.registry),
+            delivery: delivery_mail.clone(),
+            shutdown: shutdown_rx.clone(),
+        })?),
+        None => None,
+    };
+    print_summary(&shared, smtp_cores, delivery_cores, &binds, &warnings);
+    crate::obs::sd_notify::notify("READY=1");
+    while signals.wait() == Signal::Reload {
+        crate::obs::sd_notify::notify("RELOADING=1");
+        reload(&shared);
+        crate::obs::sd_notify::notify("READY=1");
+    }
+    crate::obs::sd_notify::notify("STOPPING=1");
     tracing::info!("shutting down: no new connections; sessions in flight may finish");
     let _ = shutdown_tx.send(true);
     let mut failed = false;
@@ -94,6 +115,10 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
     for t in delivery_threads {
         failed |= !join(t);
     }
+    if let Some(t) = admin_thread {
+        let _ = t.join();
+    }
+    hub.finish();
     if failed {
         return Err("a core stopped with an error (see the log above)".into());
     }
@@ -188,7 +213,27 @@ fn join(t: JoinHandle<bool>) -> bool {
     t.join().unwrap_or(false)
 }
 
-fn print_summary(shared: &Shared, smtp_cores: usize, delivery_cores: usize, binds: &[SocketAddr]) {
+/// SIGHUP: new certificates for new TLS sessions. Listeners, connectors and every other
+/// setting need a restart (the README says so).
+fn reload(shared: &Shared) {
+    let (reloaded, errors) = shared.reload_certificates();
+    for e in &errors {
+        tracing::error!("SIGHUP: {e}");
+    }
+    tracing::info!(
+        certificates = reloaded,
+        failed = errors.len(),
+        "SIGHUP: TLS certificates reloaded; other settings need a restart"
+    );
+}
+
+fn print_summary(
+    shared: &Shared,
+    smtp_cores: usize,
+    delivery_cores: usize,
+    binds: &[SocketAddr],
+    warnings: &[crate::config::Problem],
+) {
     let c = &shared.config;
     for bind in binds {
         let names: Vec<&str> =
@@ -199,15 +244,40 @@ fn print_summary(shared: &Shared, smtp_cores: usize, delivery_cores: usize, bind
     println!("spool: {} (fsync = {:?})", c.spool.dir.display(), c.spool.fsync);
     if c.admin.enabled {
         println!("admin: http://{}/metrics", c.admin.listen);
+    } else {
+        println!("admin: disabled ([admin] enabled = false): no metrics, no queue control");
+    }
+    if c.tracking.enabled {
+        println!("tracking: {}", c.spool.dir.join("tracking").display());
+    }
+    let logged: Vec<&str> =
+        c.receive_connectors.iter().filter(|rc| rc.protocol_log).map(|rc| rc.name.as_str()).collect();
+    if !logged.is_empty() {
+        println!("protocol log: {} (connectors: {})", c.spool.dir.join("protocol").display(), logged.join(", "));
+    }
+    // check-config's warnings, at every start: fsync = never, admin off loopback, open relays,
+    // AUTH without TLS, ... (config::validate).
+    for w in warnings {
+        println!("WARNING: {}: {}", w.key, w.message);
     }
     println!("ringrelay ready");
 }
 
-/// SIGTERM and SIGINT, caught on the main thread.
+/// What the main thread was woken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP.
+    Reload,
+}
+
+/// SIGTERM, SIGINT and SIGHUP, caught on the main thread.
 struct Signals {
     rt: tokio::runtime::Runtime,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -217,19 +287,23 @@ impl Signals {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the signal runtime: {e}"))?;
-        let (term, int) = rt.block_on(async { (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) });
+        let (term, int, hup) = rt.block_on(async {
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        });
         let term = term.map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
         let int = int.map_err(|e| format!("cannot handle SIGINT: {e}"))?;
-        Ok(Signals { rt, term, int })
+        let hup = hup.map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+        Ok(Signals { rt, term, int, hup })
     }
 
-    /// Blocks until SIGTERM or SIGINT.
-    fn wait(mut self) {
+    /// Blocks until SIGTERM, SIGINT or SIGHUP.
+    fn wait(&mut self) -> Signal {
         self.rt.block_on(async {
             tokio::select! {
-                _ = self.term.recv() => {}
-                _ = self.int.recv() => {}
+                _ = self.term.recv() => Signal::Stop,
+                _ = self.int.recv() => Signal::Stop,
+                _ = self.hup.recv() => Signal::Reload,
             }
-        });
+        })
     }
 }

@@ -49,6 +49,8 @@ pub struct DeliveryStart {
     pub inbox: Inbox<ToDelivery>,
     /// Mailboxes of the SMTP cores, by core number (outcomes go to a message's owner).
     pub smtp: Vec<Mailbox<ToSmtp>>,
+    /// This core's counters and tracking log buffer.
+    pub obs: crate::obs::DeliveryObs,
 }
 
 /// A message this core holds recipients of.
@@ -61,23 +63,9 @@ pub(crate) struct Msg {
     open: u32,
     delay_notice_sent: bool,
     last_reply: Option<String>,
-}
-
-/// Counters for metrics (read at scrape time through the admin path).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DeliveryCounters {
-    /// Recipients delivered.
-    pub delivered: u64,
-    /// Recipient attempts deferred.
-    pub deferred: u64,
-    /// Recipients failed permanently.
-    pub failed: u64,
-    /// DSNs queued.
-    pub dsns: u64,
-    /// Outbound connections opened.
-    pub connections_opened: u64,
-    /// Transactions run.
-    pub transactions: u64,
+    /// Its `Message-ID` and size, for tracking events.
+    message_id: Option<Rc<str>>,
+    size: u64,
 }
 
 struct State {
@@ -87,7 +75,6 @@ struct State {
     deferred: DeferredSet<(String, Item)>,
     backoff: HostBackoff,
     cache_bytes: usize,
-    counters: DeliveryCounters,
 }
 
 /// The delivery core's state.
@@ -107,11 +94,13 @@ pub(crate) struct Core {
     pub(crate) stop: Notify,
     smtp_unwoken: Cell<u64>,
     me: RefCell<Weak<Core>>,
+    /// Counters (read by the admin thread) and the tracking log.
+    obs: crate::obs::DeliveryObs,
 }
 
 /// Runs a delivery core until told to stop.
 pub async fn run(start: DeliveryStart) -> std::io::Result<()> {
-    let DeliveryStart { index, shared, inbox, smtp } = start;
+    let DeliveryStart { index, shared, inbox, smtp, obs } = start;
     let resolver = build_resolver(&shared).map_err(std::io::Error::other)?;
     let core = Rc::new(Core {
         index,
@@ -130,16 +119,17 @@ pub async fn run(start: DeliveryStart) -> std::io::Result<()> {
             deferred: DeferredSet::new(DEFERRED_MAX),
             backoff: HostBackoff::default(),
             cache_bytes: 0,
-            counters: DeliveryCounters::default(),
         }),
         timer: Notify::new(),
         stopping: Cell::new(false),
         stop: Notify::new(),
         smtp_unwoken: Cell::new(0),
         me: RefCell::new(Weak::new()),
+        obs,
     });
     *core.me.borrow_mut() = Rc::downgrade(&core);
     let timer = tokio_uring::spawn(timer_loop(Rc::clone(&core)));
+    let obs_tick = tokio_uring::spawn(obs_tick(Rc::clone(&core)));
     let mut batch = Vec::with_capacity(256);
     'inbox: while inbox.recv_batch(&mut batch, 256).await {
         for m in batch.drain(..) {
@@ -159,8 +149,18 @@ pub async fn run(start: DeliveryStart) -> std::io::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     timer.abort();
+    obs_tick.abort();
     core.wake_smtp();
+    core.obs.tracking.flush();
     Ok(())
+}
+
+/// Every `obs::FLUSH_TICK`: hands tracking lines to the log writer.
+async fn obs_tick(core: Rc<Core>) {
+    loop {
+        tokio::time::sleep(crate::obs::FLUSH_TICK).await;
+        core.obs.tracking.flush();
+    }
 }
 
 fn build_resolver(shared: &Shared) -> Result<Resolver<TokioRuntimeProvider>, String> {
@@ -239,8 +239,11 @@ impl Core {
                 return;
             }
         };
-        let envelope = match record::decode(&raw) {
-            Ok((Record::Message { envelope, .. }, _)) => envelope,
+        let (envelope, message_id, size) = match record::decode(&raw) {
+            Ok((Record::Message { envelope, message }, _)) => {
+                let id = if self.obs.tracking.enabled() { crate::obs::tracking::message_id(message) } else { None };
+                (envelope, id.map(Rc::from), message.len() as u64)
+            }
             other => {
                 tracing::error!(queue_id = %job.spool_ref.queue_id, record = ?other.map(|_| ()), "spool record is not a message");
                 return;
@@ -276,6 +279,8 @@ impl Core {
                         open: count,
                         delay_notice_sent: false,
                         last_reply: None,
+                        message_id,
+                        size,
                     },
                 );
             }
@@ -310,7 +315,7 @@ impl Core {
             if k == Kick::Open {
                 q.connections += 1;
                 q.opened += 1;
-                st.counters.connections_opened += 1;
+                self.obs.metrics.connections_opened.inc();
             }
             k
         };
@@ -427,7 +432,7 @@ impl Core {
         next_hop_dsn: bool,
         remote: &str,
     ) {
-        self.state.borrow_mut().counters.transactions += 1;
+        self.obs.metrics.transactions.inc();
         let progress = outcomes.iter().any(|o| o.status == RecipientStatus::Delivered);
         let mut delivered: Vec<(u32, Response)> = Vec::new();
         let mut failed: Vec<(u32, Response)> = Vec::new();
@@ -443,13 +448,14 @@ impl Core {
         }
         let queue_id = item.queue_id;
         if !delivered.is_empty() {
-            self.state.borrow_mut().counters.delivered += delivered.len() as u64;
+            self.obs.metrics.delivered.add(delivered.len() as u64);
             let rcpts: Vec<u32> = delivered.iter().map(|d| d.0).collect();
+            self.track_delivered(queue_id, &delivered, remote);
             self.notify_success(queue_id, delivered, next_hop_dsn, remote);
             self.finish(queue_id, &rcpts);
         }
         if !failed.is_empty() {
-            self.fail(queue_id, failed, Some(remote));
+            self.fail(queue_id, failed, Some(remote), "permanent");
         }
         if !again.is_empty() {
             self.requeue_front(domain, Item { queue_id, rcpts: again, failures: item.failures });
@@ -475,7 +481,7 @@ impl Core {
         for item in items {
             if verdict == Verdict::Fail {
                 let rcpts = item.rcpts.iter().map(|&r| (r, reply.clone())).collect();
-                self.fail(item.queue_id, rcpts, None);
+                self.fail(item.queue_id, rcpts, None, "permanent");
             } else {
                 self.defer(domain, item, reply, None);
             }
@@ -493,13 +499,16 @@ impl Core {
             return;
         };
         item.failures += 1;
-        self.state.borrow_mut().counters.deferred += item.rcpts.len() as u64;
         match schedule.after_failure(arrival, now, item.failures) {
             NextAttempt::Expire => {
                 let rcpts = item.rcpts.iter().map(|&r| (r, reply.clone())).collect();
-                self.fail(item.queue_id, rcpts, remote);
+                self.fail(item.queue_id, rcpts, remote, "expired");
             }
             NextAttempt::RetryAt { due_ms } => {
+                self.obs.metrics.deferred.add(item.rcpts.len() as u64);
+                self.track(item.queue_id, "DEFER", &item.rcpts, Some(reply), remote, |e| {
+                    e.next_attempt = Some(crate::clock::rfc3339(due_ms));
+                });
                 let line = reply.one_line();
                 tracing::debug!(queue_id = %item.queue_id, %domain, failures = item.failures, reply = %line, "deferred");
                 self.with_msg(item.queue_id, |m| m.last_reply = Some(line));
@@ -566,9 +575,17 @@ impl Core {
     }
 
     /// Permanent failure of recipients: a failure DSN where wanted, then finished.
-    pub(crate) fn fail(&self, queue_id: QueueId, rcpts: Vec<(u32, Response)>, remote: Option<&str>) {
+    /// `reason` (tracking): permanent, expired or deleted.
+    pub(crate) fn fail(
+        &self,
+        queue_id: QueueId,
+        rcpts: Vec<(u32, Response)>,
+        remote: Option<&str>,
+        reason: &'static str,
+    ) {
         let Some(envelope) = self.with_msg(queue_id, |m| Rc::clone(&m.envelope)) else { return };
-        self.state.borrow_mut().counters.failed += rcpts.len() as u64;
+        self.obs.metrics.failed.add(rcpts.len() as u64);
+        self.track_failed(queue_id, &rcpts, remote, reason);
         for (r, reply) in &rcpts {
             tracing::info!(%queue_id, rcpt = envelope.recipients.get(*r as usize).map_or("", |x| x.address.as_str()), reply = %reply.one_line(), "failed");
         }
@@ -643,8 +660,12 @@ impl Core {
             }],
             ..Envelope::default()
         };
-        self.state.borrow_mut().counters.dsns += 1;
+        self.obs.metrics.dsns.inc();
+        // Built now: by the time the DSN is stored, the original may be finished and gone.
+        let dsn_rcpts: Vec<u32> = reports.iter().map(|(r, _)| *r).collect();
+        let mut event = self.tracking_event(queue_id, "DSN", &dsn_rcpts, reports.first().map(|(_, r)| r), remote);
         let owner = usize::from(envelope.queue_id.core()).min(self.smtp.len().saturating_sub(1));
+        let queued_at = crate::clock::unix_ms();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let request = ToSmtp::Inject { envelope: Box::new(bounce), message: notice.message, done: tx };
         if !self.smtp[owner].send(request) {
@@ -655,6 +676,15 @@ impl Core {
             match rx.await {
                 Ok(Some(dsn_id)) => {
                     tracing::info!(%queue_id, dsn = %dsn_id, action = action.name(), "DSN queued");
+                    if let Some(e) = event.as_mut() {
+                        let now = crate::clock::unix_ms();
+                        let arrival = e.latency_ms;
+                        e.time = crate::clock::rfc3339(now);
+                        e.latency_ms = arrival + now.saturating_sub(queued_at);
+                        e.dsn_queue_id = Some(dsn_id.to_string());
+                        e.dsn_action = Some(action.name().to_string());
+                        core.obs.tracking.emit(e);
+                    }
                     if !finish_after.is_empty() {
                         core.finish(queue_id, &finish_after);
                     }
@@ -759,6 +789,9 @@ impl Core {
                         RetryTarget::Message(q) => i.queue_id == *q,
                     };
                     st.deferred.reschedule(|(d, i)| matches(d, i), 0);
+                    // "Try now" means now: forget which hosts failed, or the retried entries
+                    // would be deferred again at once by the host backoff.
+                    st.backoff = HostBackoff::default();
                     picked.extend(st.deferred.due(now));
                     picked
                 };
@@ -792,10 +825,13 @@ impl Core {
                 let n = rcpts.len();
                 if n > 0 {
                     let why = Response::local(crate::delivery::reply::DELETED_BY_ADMIN);
+                    let rcpts: Vec<(u32, Response)> = rcpts.into_iter().map(|r| (r, why.clone())).collect();
                     if bounce {
-                        self.fail(queue_id, rcpts.into_iter().map(|r| (r, why.clone())).collect(), None);
+                        self.fail(queue_id, rcpts, None, "deleted");
                     } else {
-                        self.state.borrow_mut().counters.failed += n as u64;
+                        self.obs.metrics.failed.add(n as u64);
+                        self.track_failed(queue_id, &rcpts, None, "deleted");
+                        let rcpts: Vec<u32> = rcpts.into_iter().map(|(r, _)| r).collect();
                         self.finish(queue_id, &rcpts);
                     }
                 }
@@ -869,6 +905,91 @@ impl Core {
         }
         out.sort_by(|a, b| a.arrival_ms.cmp(&b.arrival_ms).then(a.queue_id.cmp(&b.queue_id)));
         out
+    }
+
+    /// Writes a tracking event about recipients `rcpts` of `queue_id`; `fill` sets the
+    /// event's own fields.
+    fn track(
+        &self,
+        queue_id: QueueId,
+        event: &str,
+        rcpts: &[u32],
+        reply: Option<&Response>,
+        remote: Option<&str>,
+        fill: impl FnOnce(&mut crate::obs::tracking::TrackedEvent),
+    ) {
+        if let Some(mut e) = self.tracking_event(queue_id, event, rcpts, reply, remote) {
+            fill(&mut e);
+            self.obs.tracking.emit(&e);
+        }
+    }
+
+    /// A tracking event about recipients `rcpts` of `queue_id` (None: tracking is off, or the
+    /// message is not held here).
+    fn tracking_event(
+        &self,
+        queue_id: QueueId,
+        event: &str,
+        rcpts: &[u32],
+        reply: Option<&Response>,
+        remote: Option<&str>,
+    ) -> Option<crate::obs::tracking::TrackedEvent> {
+        if !self.obs.tracking.enabled() {
+            return None;
+        }
+        let (envelope, message_id, size) =
+            self.with_msg(queue_id, |m| (Rc::clone(&m.envelope), m.message_id.clone(), m.size))?;
+        let mut e = crate::obs::tracking::TrackedEvent::about(
+            event,
+            &envelope,
+            message_id.as_deref(),
+            rcpts.iter().copied(),
+            size,
+        );
+        e.reply = reply.map(Response::one_line);
+        e.remote_host = remote.map(str::to_string);
+        Some(e)
+    }
+
+    /// DELIVER events (one per distinct reply: usually one per transaction) and the delivery
+    /// latency.
+    fn track_delivered(&self, queue_id: QueueId, delivered: &[(u32, Response)], remote: &str) {
+        if let Some(arrival) = self.with_msg(queue_id, |m| m.envelope.received_at_ms) {
+            let ms = crate::clock::unix_ms().saturating_sub(arrival);
+            self.obs.metrics.delivery_latency.observe_us(ms.saturating_mul(1000));
+        }
+        self.track_grouped(queue_id, "DELIVER", delivered, Some(remote), None);
+    }
+
+    /// FAIL events with their reason.
+    fn track_failed(&self, queue_id: QueueId, failed: &[(u32, Response)], remote: Option<&str>, reason: &str) {
+        self.track_grouped(queue_id, "FAIL", failed, remote, Some(reason));
+    }
+
+    fn track_grouped(
+        &self,
+        queue_id: QueueId,
+        event: &str,
+        list: &[(u32, Response)],
+        remote: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        if !self.obs.tracking.enabled() {
+            return;
+        }
+        let mut groups: Vec<(String, Vec<u32>, &Response)> = Vec::new();
+        for (r, reply) in list {
+            let line = reply.one_line();
+            match groups.iter_mut().find(|(l, _, _)| *l == line) {
+                Some((_, v, _)) => v.push(*r),
+                None => groups.push((line, vec![*r], reply)),
+            }
+        }
+        for (_, rcpts, reply) in groups {
+            self.track(queue_id, event, &rcpts, Some(reply), remote, |e| {
+                e.reason = reason.map(str::to_string);
+            });
+        }
     }
 
     /// The client configuration for a connector (TLS mode, credentials), cached.

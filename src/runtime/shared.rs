@@ -23,6 +23,8 @@ pub struct Shared {
     pub users: Users,
     /// TLS server config per receive connector (None: no certificate).
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// The certificates behind `tls`, replaced on SIGHUP (`reload_certificates`).
+    pub certificates: Vec<Option<Arc<crate::tls::ReloadableCert>>>,
     /// Session settings per receive connector.
     pub session_configs: Vec<SessionConfig>,
 }
@@ -32,14 +34,18 @@ impl Shared {
     /// name the file.
     pub fn build(config: Config) -> Result<Shared, String> {
         let mut tls = Vec::new();
+        let mut certificates = Vec::new();
         let mut session_configs = Vec::new();
         for (i, rc) in config.receive_connectors.iter().enumerate() {
-            let server = match &rc.tls {
-                Some(files) => Some(
-                    crate::tls::load_server_config(files).map_err(|e| format!("receive_connector[{i}].tls: {e}"))?,
-                ),
-                None => None,
+            let (server, cert) = match &rc.tls {
+                Some(files) => {
+                    let (server, cert) = crate::tls::reloadable_server_config(files)
+                        .map_err(|e| format!("receive_connector[{i}].tls: {e}"))?;
+                    (Some(server), Some(cert))
+                }
+                None => (None, None),
             };
+            certificates.push(cert);
             let auth = if rc.users() {
                 rc.auth
                     .iter()
@@ -74,8 +80,26 @@ impl Shared {
             accepted: AcceptedDomains::from_config(&config),
             users: Users::from_config(&config),
             tls,
+            certificates,
             session_configs,
             config,
         })
+    }
+
+    /// SIGHUP: reads every receive connector's certificate and key again. A connector whose
+    /// files do not load keeps its current certificate; the errors are returned.
+    pub fn reload_certificates(&self) -> (usize, Vec<String>) {
+        let mut reloaded = 0;
+        let mut errors = Vec::new();
+        for (i, cert) in self.certificates.iter().enumerate() {
+            let Some(cert) = cert else { continue };
+            match cert.reload() {
+                Ok(()) => reloaded += 1,
+                Err(e) => {
+                    errors.push(format!("receive_connector[{i}].tls: {e}; the previous certificate stays in use"))
+                }
+            }
+        }
+        (reloaded, errors)
     }
 }

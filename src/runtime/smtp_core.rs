@@ -42,6 +42,8 @@ pub struct SmtpCore {
     pub stop: Notify,
     /// This core itself, for tasks it spawns.
     me: RefCell<std::rc::Weak<SmtpCore>>,
+    /// This core's counters, tracking and protocol log buffers.
+    pub obs: Rc<crate::obs::SmtpObs>,
 }
 
 impl SmtpCore {
@@ -124,11 +126,14 @@ pub struct CoreStart {
     /// Tests only: hold spool commits until permits are added (see `SpoolOptions::gate`).
     #[doc(hidden)]
     pub spool_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// This core's counters and log buffers.
+    pub obs: crate::obs::SmtpObs,
 }
 
 /// Runs an SMTP core until shutdown completes. Call on the core's thread, inside tokio-uring.
 pub async fn run(start: CoreStart) -> std::io::Result<()> {
-    let CoreStart { index, shared, listeners, recovered, adopted, delivery, inbox, mut shutdown, spool_gate } = start;
+    let CoreStart { index, shared, listeners, recovered, adopted, delivery, inbox, mut shutdown, spool_gate, obs } =
+        start;
     let config = &shared.config;
     let floor = recovered.max_queue_id.max(QueueId(recovered.newest_created_ms << 22));
     let floor = adopted.iter().map(|(_, r)| r.max_queue_id).fold(floor, QueueId::max);
@@ -156,8 +161,10 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         stopping: Cell::new(false),
         stop: Notify::new(),
         me: RefCell::new(std::rc::Weak::new()),
+        obs: Rc::new(obs),
     });
     *core.me.borrow_mut() = Rc::downgrade(&core);
+    let obs_task = tokio_uring::spawn(obs_tick(Rc::clone(&core)));
     if !live.is_empty() {
         tracing::info!(core = index, messages = live.len(), "recovered queued messages; delivering them now");
     }
@@ -205,7 +212,20 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
     }
     core.spool.close().await;
     inbox_task.abort();
+    obs_task.abort();
+    core.obs.flush();
     Ok(())
+}
+
+/// Every `obs::FLUSH_TICK`: hands log lines to the writer and refreshes the spool gauges.
+async fn obs_tick(core: Rc<SmtpCore>) {
+    loop {
+        tokio::time::sleep(crate::obs::FLUSH_TICK).await;
+        core.obs.flush();
+        let stats = core.spool.stats();
+        core.obs.metrics.spool_bytes.set(stats.bytes);
+        core.obs.metrics.spool_messages.set(stats.live_messages);
+    }
 }
 
 async fn accept_loop(core: Rc<SmtpCore>, listener: tokio_uring::net::TcpListener, bind: SocketAddr) {
@@ -225,6 +245,7 @@ async fn accept_loop(core: Rc<SmtpCore>, listener: tokio_uring::net::TcpListener
             }
         };
         if core.connections.get() >= cap {
+            core.obs.refused_core_full();
             tokio_uring::spawn(conn::refuse(
                 tcp,
                 crate::smtp::reply::TOO_MANY_CONNECTIONS,
