@@ -39,6 +39,71 @@ enum Command {
     },
     /// Read a password on stdin and print its argon2id hash for [[users]].password_hash.
     HashPassword,
+    /// Message tracking: query the tracking log (<spool.dir>/tracking), oldest event first.
+    Track {
+        /// Configuration file (for spool.dir); default: the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only events of the last DURATION (e.g. 30s, 10m, 2h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Envelope sender: an address, or @domain.
+        #[arg(long)]
+        sender: Option<String>,
+        /// A recipient: an address, or @domain.
+        #[arg(long)]
+        recipient: Option<String>,
+        /// Queue id (also finds the DSN events that name it as the notice's id).
+        #[arg(long)]
+        queue_id: Option<String>,
+        /// RECEIVE, DELIVER, DEFER, FAIL or DSN.
+        #[arg(long)]
+        event: Option<String>,
+        /// One JSON object per line (as stored), for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and control the queue of the running relay (through its admin endpoint).
+    Queue {
+        /// Configuration file (for [admin] listen); default: the embedded default.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Messages per destination domain; with --domain, the messages of that domain.
+    List {
+        /// One destination domain: list its messages.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Print the endpoint's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try delivery now: one message (ID), one domain (--domain), or everything (--all).
+    Retry {
+        /// Queue id.
+        id: Option<String>,
+        /// Every message for this destination domain.
+        #[arg(long, conflicts_with = "id")]
+        domain: Option<String>,
+        /// Everything deferred.
+        #[arg(long, conflicts_with_all = ["id", "domain"])]
+        all: bool,
+    },
+    /// Remove a message from the queue: FAIL in the tracking log and, unless --no-bounce, a
+    /// non-delivery report to its sender.
+    Delete {
+        /// Queue id.
+        id: String,
+        /// Do not send a bounce.
+        #[arg(long)]
+        no_bounce: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +129,107 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { file, embedded } => check_config(file, embedded),
         Command::HashPassword => hash_password(),
+        Command::Track { config, since, sender, recipient, queue_id, event, json } => {
+            track(config, since, sender, recipient, queue_id, event, json)
+        }
+        Command::Queue { config, action } => queue(config, action),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn track(
+    config: Option<PathBuf>,
+    since: Option<String>,
+    sender: Option<String>,
+    recipient: Option<String>,
+    queue_id: Option<String>,
+    event: Option<String>,
+    json: bool,
+) -> ExitCode {
+    use ringrelay::obs::tracking::{self, Filter};
+    let loaded = match load(config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ringrelay track: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let since_ms = match since.as_deref().map(str::parse::<ringrelay::config::Dur>) {
+        None => None,
+        Some(Ok(d)) => Some(ringrelay::clock::unix_ms().saturating_sub(d.get().as_millis() as u64)),
+        Some(Err(e)) => {
+            eprintln!("ringrelay track: --since: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(ev) = &event
+        && !tracking::EVENTS.iter().any(|e| e.eq_ignore_ascii_case(ev))
+    {
+        eprintln!("ringrelay track: --event must be one of {}", tracking::EVENTS.join(", "));
+        return ExitCode::from(2);
+    }
+    let filter = Filter { since_ms, sender, recipient, queue_id, event };
+    match tracking::query(&loaded.config.spool.dir, &filter) {
+        Ok((found, bad)) => {
+            if json {
+                for f in &found {
+                    println!("{}", f.line);
+                }
+            } else {
+                print!("{}", tracking::table(&found));
+                eprintln!("{} event(s)", found.len());
+            }
+            if bad > 0 {
+                eprintln!("ringrelay track: skipped {bad} unreadable line(s) (a crash can leave a torn last line)");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringrelay track: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn queue(config: Option<PathBuf>, action: QueueAction) -> ExitCode {
+    use ringrelay::obs::queue_cli;
+    let loaded = match load(config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ringrelay queue: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !loaded.config.admin.enabled {
+        eprintln!("ringrelay queue: the admin endpoint is disabled in this configuration ([admin] enabled = false)");
+        return ExitCode::FAILURE;
+    }
+    let addr = queue_cli::admin_target(loaded.config.admin.listen);
+    let result = match action {
+        QueueAction::List { domain, json } => queue_cli::list(addr, domain.as_deref(), json),
+        QueueAction::Retry { id, domain, all } => {
+            let what = match (id, domain, all) {
+                (Some(id), None, false) => queue_cli::Retry::Message(id),
+                (None, Some(d), false) => queue_cli::Retry::Domain(d),
+                (None, None, true) => queue_cli::Retry::All,
+                _ => {
+                    eprintln!("ringrelay queue retry: give a queue ID, --domain D, or --all");
+                    return ExitCode::from(2);
+                }
+            };
+            queue_cli::retry(addr, &what)
+        }
+        QueueAction::Delete { id, no_bounce } => queue_cli::delete(addr, &id, !no_bounce),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringrelay queue: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
