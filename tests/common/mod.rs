@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod dns;
+pub mod ops;
 pub mod pki;
 pub mod sink;
 
