@@ -170,3 +170,9 @@ fn send_connector_checks() {
         .contains("/nonexistent/pw")
     );
 }
+
+#[test]
+fn log_level_defaults_to_info_without_a_log_table() {
+    let loaded = super::embedded::load();
+    assert_eq!(loaded.config.log.level, "info");
+}
