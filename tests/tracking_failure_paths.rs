@@ -87,7 +87,8 @@ fn expiry_is_a_fail_with_reason_expired() {
     let r = c.send_mail("app@example.test", &["tempfail9@dest.test"], "Subject: doomed\r\n\r\nx\r\n");
     let id = r.queue_id().unwrap();
     let all = ops::track_until(&relay, &["--queue-id", &id], 30, |all| !events(all, "FAIL").is_empty());
-    assert!(events(&all, "DEFER").len() >= 2, "deferred before expiring: {all:#?}");
+    // At least one deferral (more on an idle machine: one every 200 ms until the 1 s expiry).
+    assert!(!events(&all, "DEFER").is_empty(), "deferred before expiring: {all:#?}");
     let fail = events(&all, "FAIL");
     assert_eq!(fail[0]["reason"], "expired");
     assert_eq!(fail[0]["reply"], "451 4.2.0 mailbox busy, try later", "the last reply");
