@@ -1,8 +1,8 @@
 //! Message tracking of the failure paths: a recipient the next hop defers once (DEFER, with
 //! the 451 reply and the next attempt, then DELIVER), one it refuses (FAIL, reason permanent,
 //! the 550 reply), the bounce that follows (DSN, naming the original and the notice's own queue
-//! id, then the notice's own DELIVER), and a message that stays deferred until it expires
-//! (FAIL, reason expired).
+//! id, then the notice's own DELIVER), and a message that is deferred until it expires
+//! (FAIL, reason expired, with the last reply).
 
 mod common;
 
@@ -79,7 +79,7 @@ fn expiry_is_a_fail_with_reason_expired() {
     let sink = Sink::start("127.0.0.1:0", SinkOptions { tempfail_times: u32::MAX, ..Default::default() });
     let cfg = DEFAULT_CONFIG.replace("{sink}", &sink.addr.port().to_string()).replace(
         "retry = { first = \"1h\", max = \"1h\", expire = \"2d\" }",
-        "retry = { first = \"200ms\", max = \"200ms\", expire = \"1s\" }",
+        "retry = { first = \"300ms\", max = \"300ms\", expire = \"3s\" }",
     );
     let relay = Relay::start(&cfg);
     let mut c = relay.client();
@@ -87,10 +87,10 @@ fn expiry_is_a_fail_with_reason_expired() {
     let r = c.send_mail("app@example.test", &["tempfail9@dest.test"], "Subject: doomed\r\n\r\nx\r\n");
     let id = r.queue_id().unwrap();
     let all = ops::track_until(&relay, &["--queue-id", &id], 30, |all| !events(all, "FAIL").is_empty());
-    // At least one deferral (more on an idle machine: one every 200 ms until the 1 s expiry).
-    assert!(!events(&all, "DEFER").is_empty(), "deferred before expiring: {all:#?}");
+    // How many DEFER events come first depends on the machine's load (the first attempt may
+    // come after the expiry); the FAIL and its reason do not.
     let fail = events(&all, "FAIL");
     assert_eq!(fail[0]["reason"], "expired");
     assert_eq!(fail[0]["reply"], "451 4.2.0 mailbox busy, try later", "the last reply");
-    assert!(fail[0]["latency_ms"].as_u64().unwrap() >= 1000, "time since arrival");
+    assert!(fail[0]["latency_ms"].as_u64().unwrap() >= 3000, "time since arrival");
 }
