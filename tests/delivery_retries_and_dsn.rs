@@ -149,3 +149,17 @@ fn delay_notice_once_then_failure_notice() {
     assert!(notices[1].contains("Action: failed") && notices[1].contains("Status: 5.4.7"), "{}", notices[1]);
     wait_spool_empty(&relay);
 }
+
+#[test]
+fn a_server_closing_with_421_is_backed_off_not_hammered() {
+    let sink = Sink::start("127.0.0.1:0", SinkOptions { mail_421_times: u32::MAX, ..Default::default() });
+    let relay = relay(&sink, "retry = { first = \"300ms\", max = \"300ms\", expire = \"1h\" }");
+    let mut c = relay.client();
+    c.hello();
+    assert_eq!(c.send_mail("app@example.test", &["user@dest.test"], "Subject: after 421\r\n\r\nx\r\n").code, 250);
+    std::thread::sleep(Duration::from_secs(2));
+    let connections = sink.connections();
+    // Backoff from 300 ms, doubling: a handful of attempts in 2 s, not a hot loop.
+    assert!((2..=8).contains(&connections), "421 led to {connections} connections in 2 s");
+    assert_eq!(common::spool_messages(&relay.spool()).len(), 1, "still queued for a retry");
+}
