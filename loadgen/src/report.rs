@@ -339,10 +339,17 @@ fn percentile_chart(id: &str, title: &str, summaries: &[(&str, &Summary)], hline
     }
 }
 
+/// Line style for a time series: markers too when there are few points.
+fn series_style(points: usize) -> Style {
+    if points < 30 { Style::LinePoints } else { Style::Line }
+}
+
 fn throughput_chart(id: &str, run: &RunResult) -> Chart {
-    let ok: Vec<(f64, f64)> = run.timeseries.iter().map(|p| (p.t_s, p.ok_per_s)).collect();
-    let failed: Vec<(f64, f64)> =
-        run.timeseries.iter().map(|p| (p.t_s, p.failed as f64 / p.duration_s.max(1e-3))).collect();
+    // A last, partial interval of a few milliseconds (the drain) would show a meaningless rate.
+    let full = || run.timeseries.iter().filter(|p| p.duration_s >= 0.25);
+    let ok: Vec<(f64, f64)> = full().map(|p| (p.t_s, p.ok_per_s)).collect();
+    let failed: Vec<(f64, f64)> = full().map(|p| (p.t_s, p.failed as f64 / p.duration_s)).collect();
+    let style = series_style(ok.len());
     let t_max = run.timeseries.last().map_or(1.0, |p| p.t_s);
     let y_max = ok.iter().chain(&failed).map(|p| p.1).fold(0.0, f64::max);
     let mut hlines = Vec::new();
@@ -356,8 +363,8 @@ fn throughput_chart(id: &str, run: &RunResult) -> Chart {
         x: Axis::linear("time (s)", 0.0, t_max),
         y: Axis::linear("messages per second", 0.0, y_top.max(1.0)),
         series: vec![
-            Series { name: "accepted/s".into(), color: COLORS[0], style: Style::Line, points: ok, tips: Vec::new() },
-            Series { name: "failed/s".into(), color: COLORS[1], style: Style::Line, points: failed, tips: Vec::new() },
+            Series { name: "accepted/s".into(), color: COLORS[0], style, points: ok, tips: Vec::new() },
+            Series { name: "failed/s".into(), color: COLORS[1], style, points: failed, tips: Vec::new() },
         ],
         hlines,
         vlines: Vec::new(),
@@ -390,7 +397,7 @@ fn latency_time_chart(id: &str, run: &RunResult) -> Chart {
             .map(|(i, (name, points))| Series {
                 name: name.into(),
                 color: COLORS[i % COLORS.len()],
-                style: Style::Line,
+                style: series_style(points.len()),
                 points,
                 tips: Vec::new(),
             })
@@ -463,8 +470,8 @@ fn run_sections(run: &RunResult, prefix: &str) -> String {
             ),
         ),
         (
-            "messages",
-            format!("size {} (mean {:.0} bytes), {} per connection", c.size, c.size_mean_bytes, c.per_connection),
+            "message size",
+            format!("{} (mean {:.0} bytes), {} per connection", c.size, c.size_mean_bytes, c.per_connection),
         ),
         (
             "session",
