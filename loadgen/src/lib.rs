@@ -22,6 +22,8 @@
 //! - `ptimer`: microsecond-precise sleeps (timerfd) for schedules and the sink's latency.
 //! - `clock`, `rng`, `units`: time, a seedable PRNG, the operator's units.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod clock;
 pub mod hist;

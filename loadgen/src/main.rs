@@ -162,6 +162,11 @@ struct LoadArgs {
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     drain: String,
 
+    /// Send for this long before measuring (connections open, caches warm); those messages
+    /// are neither counted nor measured. Default 0 for run, 1s for each sweep step.
+    #[arg(long, value_name = "DURATION")]
+    warmup: Option<String>,
+
     /// Seed for message sizes (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -446,6 +451,7 @@ fn build_plan(
     concurrency: u32,
     duration: Duration,
     messages: Option<u64>,
+    default_warmup: &str,
 ) -> Result<Plan, String> {
     let target = resolve_target(&a.target, a.allow_remote)?;
     if concurrency == 0 {
@@ -516,6 +522,7 @@ fn build_plan(
         load,
         concurrency,
         duration,
+        warmup: parse_duration(a.warmup.as_deref().unwrap_or(default_warmup))?,
         drain: parse_duration(&a.drain)?,
         messages,
         per_connection: a.per_connection,
@@ -561,7 +568,10 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
     if duration.is_zero() {
         return Err("--duration must be above 0".into());
     }
-    let plan = build_plan(&a.load, load, concurrency, duration, a.messages)?;
+    let plan = build_plan(&a.load, load, concurrency, duration, a.messages, "0")?;
+    if a.messages.is_some() && !plan.warmup.is_zero() {
+        return Err("--warmup with --messages: the warm-up messages would not be counted; give one or the other".into());
+    }
     run::install_stop_handler();
     let result = run::run(plan)?;
     run::print_report(&result);
@@ -595,7 +605,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, String> {
         MetricArg::Message => Phase::Message,
         MetricArg::Submission => Phase::Submission,
     };
-    let base = build_plan(&a.load, Load::Open { rate: start }, a.concurrency, step_duration, None)?;
+    let base = build_plan(&a.load, Load::Open { rate: start }, a.concurrency, step_duration, None, "1s")?;
     let plan = SweepPlan {
         base,
         start,

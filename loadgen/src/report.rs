@@ -471,7 +471,12 @@ fn run_sections(run: &RunResult, prefix: &str) -> String {
         ),
         (
             "message size",
-            format!("{} (mean {:.0} bytes), {} per connection", c.size, c.size_mean_bytes, c.per_connection),
+            format!(
+                "{} (mean {:.0} bytes), {} messages per connection",
+                c.size,
+                c.size_mean_bytes,
+                if c.per_connection == 0 { "unlimited".to_string() } else { c.per_connection.to_string() }
+            ),
         ),
         (
             "session",

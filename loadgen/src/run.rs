@@ -59,8 +59,11 @@ pub struct Plan {
     pub load: Load,
     /// Connections (closed loop), or the cap on connections in flight (open loop).
     pub concurrency: u32,
-    /// How long to hand out messages.
+    /// How long to hand out messages, after the warm-up.
     pub duration: Duration,
+    /// Messages sent in this first period are neither counted nor measured (connections
+    /// opening, caches warming): the results describe the steady state.
+    pub warmup: Duration,
     /// How long messages in flight may take to finish after that.
     pub drain: Duration,
     /// Stop after this many messages.
@@ -128,8 +131,10 @@ pub struct RunConfigReport {
     pub rate_per_s: Option<f64>,
     /// Connections (cap, in open loop).
     pub concurrency: u32,
-    /// Seconds of load.
+    /// Seconds of load (measured).
     pub duration_s: f64,
+    /// Seconds of warm-up before (not measured).
+    pub warmup_s: f64,
     /// Message limit.
     pub messages: Option<u64>,
     /// Messages per connection (0: unlimited).
@@ -259,7 +264,9 @@ pub fn run(plan: Plan) -> Result<RunResult, String> {
     let (tx, rx) = mpsc::channel();
     // A short delay lets every thread set up before the schedule's origin.
     let start = clock::now() + Duration::from_millis(50);
-    let started_wall = clock::wall_time_of(start);
+    // Measurements (and the report's time axis) begin after the warm-up.
+    let measured_from = start + plan.warmup;
+    let started_wall = clock::wall_time_of(measured_from);
     let mut handles = Vec::new();
     for i in 0..threads {
         let spec = WorkerSpec {
@@ -279,7 +286,7 @@ pub fn run(plan: Plan) -> Result<RunResult, String> {
         handles.push(h);
     }
     drop(tx);
-    let mut agg = Aggregator::new(&plan, threads as usize, started_wall, start);
+    let mut agg = Aggregator::new(&plan, threads as usize, started_wall, measured_from);
     while agg.running() {
         match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(msg) => agg.add(msg),
@@ -290,7 +297,7 @@ pub fn run(plan: Plan) -> Result<RunResult, String> {
     for h in handles {
         let _ = h.join();
     }
-    let elapsed = clock::now().saturating_duration_since(start);
+    let elapsed = clock::now().saturating_duration_since(measured_from);
     Ok(agg.finish(&plan, elapsed))
 }
 
@@ -314,6 +321,7 @@ struct Aggregator {
     start: std::time::Instant,
     progress: bool,
     offered: Option<f64>,
+    warmup_s: f64,
     final_end_s: f64,
 }
 
@@ -340,6 +348,7 @@ impl Aggregator {
                 Load::Open { rate } => Some(rate),
                 Load::Closed => None,
             },
+            warmup_s: plan.warmup.as_secs_f64(),
             final_end_s: 0.0,
         }
     }
@@ -442,7 +451,7 @@ impl Aggregator {
         let so_far = if total.is_empty() { 0 } else { total.value_at_quantile(0.99) };
         let offered = match self.offered {
             Some(r) => {
-                let due = (p.t_s * r).floor() as u64;
+                let due = ((self.warmup_s + p.t_s) * r).floor() as u64;
                 let taken: u64 = self.taken_total.iter().sum();
                 format!("  offered {}  backlog {}", fmt_rate(r), due.saturating_sub(taken))
             }
@@ -485,6 +494,7 @@ impl Aggregator {
                 rate_per_s: self.offered,
                 concurrency: plan.concurrency,
                 duration_s: plan.duration.as_secs_f64(),
+                warmup_s: plan.warmup.as_secs_f64(),
                 messages: plan.messages,
                 per_connection: plan.per_connection,
                 threads: self.threads,
@@ -521,15 +531,21 @@ pub fn print_report(r: &RunResult) {
         None => format!("closed loop, {} connections", c.concurrency),
     };
     println!(
-        "ringload run: {} — {mode}, {} threads, {} per connection, size {}, {} rcpt(s) over {} domain(s)",
+        "ringload run: {} — {mode}, {} threads, {} messages per connection, size {}, {} rcpt(s) over {} domain(s)",
         c.target,
         c.threads,
-        if c.per_connection == 0 { "all".to_string() } else { c.per_connection.to_string() },
+        if c.per_connection == 0 { "unlimited".to_string() } else { c.per_connection.to_string() },
         c.size,
         c.rcpts,
         c.domains
     );
     let n = &r.counts;
+    if c.warmup_s > 0.0 {
+        println!(
+            "(measured after a {} warm-up; its messages are not counted below)",
+            fmt_duration(Duration::from_secs_f64(c.warmup_s))
+        );
+    }
     println!(
         "messages: {} ok, {} failed, {} attempted{}{}; recipients: {} ok, {} refused",
         n.ok,

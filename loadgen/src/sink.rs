@@ -41,6 +41,8 @@ use crate::rng::Rng;
 
 /// Read buffer per connection.
 const READ_BUF_BYTES: usize = 64 * 1024;
+/// Read buffers kept per thread for reuse.
+const SPARE_BUFFERS_MAX: usize = 256;
 /// Longest command line (CRLF included).
 const COMMAND_LINE_MAX: usize = 2048;
 
@@ -279,6 +281,8 @@ struct SinkThread {
     dates: ringrelay::clock::DateCache,
     e2e: RefCell<Histogram<u64>>,
     e2e_missing: std::cell::Cell<u64>,
+    /// Read buffers of finished connections, for the next ones.
+    spare: RefCell<Vec<Vec<u8>>>,
 }
 
 impl SinkThread {
@@ -316,6 +320,7 @@ async fn sink_thread(
         dates: ringrelay::clock::DateCache::default(),
         e2e: RefCell::new(hist::new_histogram()),
         e2e_missing: std::cell::Cell::new(0),
+        spare: RefCell::new(Vec::new()),
         plan,
         index,
         counters,
@@ -356,7 +361,16 @@ async fn sink_thread(
             continue;
         }
         tokio_uring::spawn(async move {
-            serve(&th, tcp, peer).await;
+            let mut rbuf = th.spare.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(READ_BUF_BYTES));
+            serve(&th, tcp, peer, &mut rbuf).await;
+            // A buffer lost to a timed-out read comes back empty: only whole ones are kept.
+            rbuf.clear();
+            if rbuf.capacity() >= READ_BUF_BYTES && rbuf.capacity() <= 4 * READ_BUF_BYTES {
+                let mut spare = th.spare.borrow_mut();
+                if spare.len() < SPARE_BUFFERS_MAX {
+                    spare.push(rbuf);
+                }
+            }
             th.active.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -416,7 +430,7 @@ enum Verdict {
 }
 
 /// One connection.
-async fn serve(th: &SinkThread, tcp: tokio_uring::net::TcpStream, peer: SocketAddr) {
+async fn serve(th: &SinkThread, tcp: tokio_uring::net::TcpStream, peer: SocketAddr, rbuf: &mut Vec<u8>) {
     let mut stream = Stream::new(tcp);
     let plan = &th.plan;
     if plan.implicit_tls {
@@ -433,9 +447,8 @@ async fn serve(th: &SinkThread, tcp: tokio_uring::net::TcpStream, peer: SocketAd
     let mut session = Session::new(Rc::clone(&th.session_cfg), peer.ip(), plan.implicit_tls);
     let mut out = Output::default();
     session.greet(&mut out);
-    let mut rbuf: Vec<u8> = Vec::with_capacity(READ_BUF_BYTES);
     loop {
-        let consumed = session.receive(&rbuf, &mut SinkHost { th }, &mut out);
+        let consumed = session.receive(rbuf, &mut SinkHost { th }, &mut out);
         if consumed > 0 {
             rbuf.drain(..consumed);
         }
@@ -496,10 +509,14 @@ async fn serve(th: &SinkThread, tcp: tokio_uring::net::TcpStream, peer: SocketAd
         if rbuf.capacity() - rbuf.len() < COMMAND_LINE_MAX {
             rbuf.reserve(READ_BUF_BYTES);
         }
-        let buf = std::mem::take(&mut rbuf);
+        let buf = std::mem::take(rbuf);
         match tokio::time::timeout(plan.idle_timeout, stream.read(buf)).await {
-            Ok((Ok(n), buf)) if n > 0 => rbuf = buf,
-            Ok(_) => return stream.shutdown(),
+            Ok((Ok(n), buf)) if n > 0 => *rbuf = buf,
+            Ok((_, buf)) => {
+                // End of stream or a read error: the session is over, the buffer is reusable.
+                *rbuf = buf;
+                return stream.shutdown();
+            }
             Err(_) => {
                 bump(&th.c().timeouts, 1);
                 session.timed_out(&mut out);

@@ -104,8 +104,10 @@ pub struct SweepConfigReport {
     pub start_per_s: f64,
     /// `+N` or `xF`.
     pub growth: String,
-    /// Seconds per step.
+    /// Seconds measured per step.
     pub step_duration_s: f64,
+    /// Seconds of warm-up before each step's measurement.
+    pub warmup_s: f64,
     /// p99 limit, µs.
     pub p99_target_us: u64,
     /// The latency the limit applies to (phase name).
@@ -252,6 +254,7 @@ pub fn sweep(plan: SweepPlan) -> Result<SweepResult, String> {
             start_per_s: plan.start,
             growth,
             step_duration_s: plan.step_duration.as_secs_f64(),
+            warmup_s: plan.base.warmup.as_secs_f64(),
             p99_target_us: plan.p99_target.as_micros() as u64,
             metric: plan.metric.name().into(),
             max_errors: plan.max_errors,

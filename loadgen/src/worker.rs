@@ -391,7 +391,15 @@ async fn thread_main(plan: Arc<Plan>, spec: WorkerSpec, tx: Sender<WorkerMsg>) -
         None => None,
     };
     let th = Rc::new(Thread {
-        schedule: Schedule::new(plan.load, spec.start, plan.duration, plan.drain, spec.index, spec.threads, spec.quota),
+        schedule: Schedule::new(
+            plan.load,
+            spec.start,
+            plan.warmup + plan.duration,
+            plan.drain,
+            spec.index,
+            spec.threads,
+            spec.quota,
+        ),
         rec: RefCell::new(ThreadRecorder::new()),
         factory: RefCell::new(MessageFactory::new(Arc::clone(&plan.spec), spec.index, plan.seed)),
         client_cfg: Rc::new(plan.client.clone()),
@@ -406,8 +414,14 @@ async fn thread_main(plan: Arc<Plan>, spec: WorkerSpec, tx: Sender<WorkerMsg>) -
     let ticker = {
         let th = Rc::clone(&th);
         let tx = tx.clone();
-        let start = spec.start;
+        let warmup = th.plan.warmup;
+        let start = spec.start + warmup;
         tokio_uring::spawn(async move {
+            if !warmup.is_zero() {
+                // Measurements start after the warm-up: what happened before is dropped.
+                tokio::time::sleep_until(start.into()).await;
+                drop(th.rec.borrow_mut().take());
+            }
             let mut tick = 1u32;
             loop {
                 tokio::time::sleep_until((start + Duration::from_secs(u64::from(tick))).into()).await;

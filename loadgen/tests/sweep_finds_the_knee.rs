@@ -31,6 +31,8 @@ fn capacity_is_below_the_first_failing_step() {
             "1s",
             "--pause",
             "0s",
+            "--warmup",
+            "300ms",
             "--drain",
             "1s",
             "--p99-target",
