@@ -110,6 +110,8 @@ fn run_sweep_and_sink_reports_are_complete_and_self_contained() {
             "1s",
             "--pause",
             "0s",
+            "--warmup",
+            "0",
             "--p99-target",
             "500ms",
             "--max-steps",
