@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
@@ -268,12 +268,13 @@ pub fn run(plan: Plan) -> Result<RunResult, String> {
     let measured_from = start + plan.warmup;
     let started_wall = clock::wall_time_of(measured_from);
     let mut handles = Vec::new();
+    let tickets = Arc::new(AtomicU64::new(0));
     for i in 0..threads {
         let spec = WorkerSpec {
             index: i,
-            threads,
             concurrency: share(u64::from(plan.concurrency), threads, i) as u32,
-            quota: plan.messages.map_or(u64::MAX, |m| share(m, threads, i)),
+            tickets: Arc::clone(&tickets),
+            limit: plan.messages.unwrap_or(u64::MAX),
             core: if cores.is_empty() { None } else { Some(cores[i as usize % cores.len()]) },
             start,
         };
@@ -314,7 +315,8 @@ struct Aggregator {
     errors: ErrorTable,
     timeseries: Vec<TickPoint>,
     intervals: Vec<Interval>,
-    unsent: u64,
+    /// Open loop: messages due in the run (largest of the threads' views).
+    due: u64,
     taken_total: Vec<u64>,
     thread_errors: Vec<String>,
     started_wall: SystemTime,
@@ -338,7 +340,7 @@ impl Aggregator {
             errors: ErrorTable::default(),
             timeseries: Vec::new(),
             intervals: Vec::new(),
-            unsent: 0,
+            due: 0,
             taken_total: vec![0; threads],
             thread_errors: Vec::new(),
             started_wall,
@@ -364,11 +366,11 @@ impl Aggregator {
                 self.taken_total[thread] = taken;
                 self.merge_into_tick(tick, f64::from(tick), snap, taken);
             }
-            WorkerMsg::Done { thread, snap, taken, unsent, error } => {
+            WorkerMsg::Done { thread, snap, taken, due, error } => {
                 let tick = self.last_tick[thread] + 1;
                 self.done[thread] = true;
                 self.taken_total[thread] = taken;
-                self.unsent += unsent;
+                self.due = self.due.max(due);
                 if let Some(e) = error {
                     self.thread_errors.push(format!("client thread {thread}: {e}"));
                 }
@@ -511,7 +513,7 @@ impl Aggregator {
             started_unix_s: hist::unix_seconds(self.started_wall),
             elapsed_s,
             counts,
-            unsent: self.unsent,
+            unsent: self.due.saturating_sub(self.taken_total.iter().sum()),
             throughput_per_s: counts.ok as f64 / elapsed_s,
             error_rate: if counts.attempted == 0 { 0.0 } else { counts.failed as f64 / counts.attempted as f64 },
             phases,
