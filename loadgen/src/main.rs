@@ -284,7 +284,7 @@ enum MetricArg {
 struct SinkArgs {
     /// Listen address, HOST:PORT (port 0: any free port; the `listening` line says which).
     #[arg(long, value_name = "HOST:PORT")]
-    listen: SocketAddr,
+    listen: String,
 
     /// Threads, each with its own SO_REUSEPORT listener (default: one per core).
     #[arg(long, value_name = "N")]
@@ -645,8 +645,14 @@ fn cmd_sink(a: SinkArgs) -> Result<ExitCode, String> {
         Some(t) => Some(parse_credentials(t, "--auth")?),
         None => None,
     };
+    let listen = a
+        .listen
+        .to_socket_addrs()
+        .map_err(|e| format!("--listen {}: {e}; write HOST:PORT, e.g. 127.0.0.1:2526", a.listen))?
+        .next()
+        .ok_or_else(|| format!("--listen {} resolves to no address", a.listen))?;
     let plan = SinkPlan {
-        listen: a.listen,
+        listen,
         threads: a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1),
         pin: !a.no_pin,
         hostname: a.hostname.clone(),

@@ -47,6 +47,8 @@ use crate::stats::{Snapshot, ThreadRecorder};
 /// Read buffer per connection: replies are short, but an EHLO reply can be long.
 const READ_BUF_BYTES: usize = 16 * 1024;
 const _: () = assert!(READ_BUF_BYTES > 2 * REPLY_LINE_MAX, "a whole reply line must fit with room to read");
+/// Closed loop: a slot's pause after a failed connect.
+const CONNECT_FAILURE_PAUSE: Duration = Duration::from_millis(10);
 /// Spare connection states kept per thread for reuse.
 const SPARE_CONNS_MAX: usize = 256;
 
@@ -482,7 +484,13 @@ async fn thread_main(plan: Arc<Plan>, spec: WorkerSpec, tx: Sender<WorkerMsg>) -
 async fn connection_loop(th: Rc<Thread>) {
     let slot = Rc::new(WaitSlot::default());
     while let Some(ticket) = th.schedule.next(&slot, false).await {
-        session(&th, ticket, &slot).await;
+        let connected = session(&th, ticket, &slot).await;
+        if !connected && th.plan.load == Load::Closed {
+            // A server that refuses connections is not hammered in a tight loop: the slot
+            // pauses before its next message (which, like this one, counts as failed if the
+            // connect fails again). Open loop keeps to its schedule.
+            tokio::time::sleep(CONNECT_FAILURE_PAUSE).await;
+        }
     }
 }
 
@@ -498,8 +506,9 @@ fn classify(e: &io::Error) -> Cause {
     }
 }
 
-/// One connection: connect, (TLS), then messages until the session ends.
-async fn session(th: &Thread, ticket: Ticket, slot: &Rc<WaitSlot>) {
+/// One connection: connect, (TLS), then messages until the session ends. False when the
+/// connection could not be established.
+async fn session(th: &Thread, ticket: Ticket, slot: &Rc<WaitSlot>) -> bool {
     let plan = &th.plan;
     let t0 = clock::now();
     let std = match net::connect(plan.target, th.source_ip(), plan.connect_timeout).await {
@@ -509,7 +518,7 @@ async fn session(th: &Thread, ticket: Ticket, slot: &Rc<WaitSlot>) {
             rec.connect_failed();
             rec.refused(Stage::Connect, classify(&e));
             rec.message_done(&Outcome::default());
-            return;
+            return false;
         }
     };
     {
@@ -541,7 +550,7 @@ async fn session(th: &Thread, ticket: Ticket, slot: &Rc<WaitSlot>) {
                 rec.message_done(&Outcome::default());
                 drop(rec);
                 stream.shutdown();
-                return;
+                return true;
             }
         }
     }
@@ -563,6 +572,7 @@ async fn session(th: &Thread, ticket: Ticket, slot: &Rc<WaitSlot>) {
         }
         End::BuffersLost => stream.shutdown(),
     }
+    true
 }
 
 /// How a session ended.

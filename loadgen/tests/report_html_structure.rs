@@ -123,16 +123,20 @@ fn run_sweep_and_sink_reports_are_complete_and_self_contained() {
         ],
         Duration::from_secs(60),
     );
-    assert!(out.status.success(), "{}", out.stderr);
+    // Exit 0, or 2 if no step held on a very busy machine: either way a result is written,
+    // and the report must render it.
+    assert!(matches!(out.status.code(), Some(0 | 2)), "{}", out.stderr);
     let sweep = out.json.unwrap();
-    assert_eq!(sweep["steps"].as_array().unwrap().len(), 2);
+    // Two steps, or one if the first already broke a limit on a very busy machine.
+    let steps = sweep["steps"].as_array().unwrap().len();
+    assert!((1..=2).contains(&steps), "{steps} steps");
     let sweep_path = dir.path().join("sweep.json");
     std::fs::write(&sweep_path, serde_json::to_string(&sweep).unwrap()).unwrap();
     let html = render(&sweep_path);
     assert_eq!(check_page(&html, &sweep), 2 + 3, "sweep: knee, rates, then the capacity step's three");
     assert!(html.contains("id=\"sweep-knee\"") && html.contains("id=\"sweep-rate\""));
     assert!(html.contains("target 500ms"), "the target line");
-    assert_eq!(count(&html, "<tr class=\"pass\">") + count(&html, "<tr class=\"fail\">"), 2, "one row per step");
+    assert_eq!(count(&html, "<tr class=\"pass\">") + count(&html, "<tr class=\"fail\">"), steps, "one row per step");
 
     // The sink's own report.
     sink.stop();

@@ -55,7 +55,8 @@ fn starttls_with_a_verified_chain_and_auth() {
     args.extend(["--auth", "loader:s3cret", "--auth-mech", "login", "--per-connection", "20"]);
     let login = run_ok(&args);
     assert_eq!(count(&login, "ok"), 40);
-    assert_eq!(count(&login, "connections"), 2);
+    let login_connections = count(&login, "connections");
+    assert!((2..=4).contains(&login_connections), "{login_connections} connections");
 
     // A wrong password: every session fails at AUTH with 535 5.7.8; the run says so in its
     // exit status (2: nothing got through).
@@ -83,9 +84,9 @@ fn starttls_with_a_verified_chain_and_auth() {
 
     let fin = sink.stop();
     assert_eq!(fin["messages"], 80);
-    assert_eq!(fin["auth_ok"], 40 + 2);
+    assert_eq!(fin["auth_ok"].as_u64(), Some(40 + login_connections));
     assert_eq!(fin["auth_failed"], 6);
-    assert_eq!(fin["tls"].as_u64(), Some(40 + 2 + 6 + 4));
+    assert_eq!(fin["tls"].as_u64(), Some(40 + login_connections + 6 + 4));
     assert_eq!(fin["tls_failed"], 2);
 }
 
@@ -107,10 +108,14 @@ fn implicit_tls_with_a_self_signed_sink() {
         "5",
     ]);
     assert_eq!(count(&run, "ok"), 20);
-    assert_eq!(phase_us(&run, "starttls", "count"), 4);
+    // 5 messages per connection: 4 connections, or a few more when a slot opens a new one
+    // for the last messages while another connection still had room. One handshake each.
+    let handshakes = phase_us(&run, "starttls", "count");
+    assert!((4..=6).contains(&handshakes), "{handshakes} handshakes");
+    assert_eq!(count(&run, "connections"), handshakes);
     let fin = sink.stop();
     assert_eq!(fin["messages"], 20);
-    assert_eq!(fin["tls"], 4);
+    assert_eq!(fin["tls"].as_u64(), Some(handshakes));
 }
 
 #[test]
