@@ -283,6 +283,9 @@ struct SinkThread {
     e2e_missing: std::cell::Cell<u64>,
     /// Read buffers of finished connections, for the next ones.
     spare: RefCell<Vec<Vec<u8>>>,
+    /// This thread's TLS configuration: the plan's, with a session cache of its own (rustls'
+    /// cache is a mutex; one per thread keeps handshakes from contending across cores).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl SinkThread {
@@ -321,6 +324,11 @@ async fn sink_thread(
         e2e: RefCell::new(hist::new_histogram()),
         e2e_missing: std::cell::Cell::new(0),
         spare: RefCell::new(Vec::new()),
+        tls: plan.tls.as_ref().map(|c| {
+            let mut own = (**c).clone();
+            own.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
+            Arc::new(own)
+        }),
         plan,
         index,
         counters,
@@ -434,7 +442,7 @@ async fn serve(th: &SinkThread, tcp: tokio_uring::net::TcpStream, peer: SocketAd
     let mut stream = Stream::new(tcp);
     let plan = &th.plan;
     if plan.implicit_tls {
-        let Some(cfg) = plan.tls.clone() else { return };
+        let Some(cfg) = th.tls.clone() else { return };
         match tokio::time::timeout(plan.idle_timeout, stream.start_tls_server(cfg)).await {
             Ok(Ok(())) => bump(&th.c().tls, 1),
             _ => {
@@ -485,7 +493,7 @@ async fn serve(th: &SinkThread, tcp: tokio_uring::net::TcpStream, peer: SocketAd
                 }
                 // Anything pipelined after STARTTLS is discarded (RFC 3207 5, CVE-2011-0411).
                 rbuf.clear();
-                let Some(cfg) = plan.tls.clone() else { return stream.shutdown() };
+                let Some(cfg) = th.tls.clone() else { return stream.shutdown() };
                 match tokio::time::timeout(plan.idle_timeout, stream.start_tls_server(cfg)).await {
                     Ok(Ok(())) => {
                         bump(&th.c().tls, 1);
