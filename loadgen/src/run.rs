@@ -533,7 +533,7 @@ pub fn print_report(r: &RunResult) {
         None => format!("closed loop, {} connections", c.concurrency),
     };
     println!(
-        "ringload run: {} — {mode}, {} threads, {} messages per connection, size {}, {} rcpt(s) over {} domain(s)",
+        "ringload run: {} — {mode}, {} threads, messages per connection: {}, size {}, {} rcpt(s) over {} domain(s)",
         c.target,
         c.threads,
         if c.per_connection == 0 { "unlimited".to_string() } else { c.per_connection.to_string() },
