@@ -122,3 +122,44 @@ fn expiry_bounces_with_5_4_7() {
     assert!(sink.state.lock().unwrap().attempts["tempfail9@dest.test"] >= 3, "retried before expiring");
     wait_spool_empty(&relay);
 }
+
+#[test]
+fn delay_notice_once_then_failure_notice() {
+    let sink = Sink::start("127.0.0.1:0", SinkOptions { tempfail_times: u32::MAX, ..Default::default() });
+    let cfg = common::DEFAULT_CONFIG
+        .replace("{sink}", &sink.addr.port().to_string())
+        .replace(
+            "retry = { first = \"1h\", max = \"1h\", expire = \"2d\" }",
+            "retry = { first = \"200ms\", max = \"200ms\", expire = \"2500ms\" }",
+        )
+        .replace("[cores]", "[delivery]\ndelay_warning = \"600ms\"\n[cores]");
+    let relay = Relay::start(&cfg);
+    let mut c = relay.client();
+    c.hello();
+    assert_eq!(c.cmd("MAIL FROM:<app@example.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<tempfail7@dest.test> NOTIFY=DELAY,FAILURE").code, 250);
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send(b"Subject: slow\r\n\r\nx\r\n.\r\n");
+    assert_eq!(c.reply().code, 250);
+    let got = sink.wait_for(2, 20);
+    let notices = dsns(&got);
+    assert_eq!(notices.len(), 2, "{notices:#?}");
+    assert!(notices[0].contains("Action: delayed") && notices[0].contains("Will-Retry-Until:"), "{}", notices[0]);
+    assert!(notices[0].contains("Status: 4.2.0"), "{}", notices[0]);
+    assert!(notices[1].contains("Action: failed") && notices[1].contains("Status: 5.4.7"), "{}", notices[1]);
+    wait_spool_empty(&relay);
+}
+
+#[test]
+fn a_server_closing_with_421_is_backed_off_not_hammered() {
+    let sink = Sink::start("127.0.0.1:0", SinkOptions { mail_421_times: u32::MAX, ..Default::default() });
+    let relay = relay(&sink, "retry = { first = \"300ms\", max = \"300ms\", expire = \"1h\" }");
+    let mut c = relay.client();
+    c.hello();
+    assert_eq!(c.send_mail("app@example.test", &["user@dest.test"], "Subject: after 421\r\n\r\nx\r\n").code, 250);
+    std::thread::sleep(Duration::from_secs(2));
+    let connections = sink.connections();
+    // Backoff from 300 ms, doubling: a handful of attempts in 2 s, not a hot loop.
+    assert!((2..=8).contains(&connections), "421 led to {connections} connections in 2 s");
+    assert_eq!(common::spool_messages(&relay.spool()).len(), 1, "still queued for a retry");
+}

@@ -57,7 +57,7 @@ impl Cell64 {
 }
 
 /// Upper bounds (seconds) of the accept latency histogram: end of data → durable. Group commit
-/// puts this around one fdatasync: sub-millisecond on NVMe, tens of ms on network disks.
+/// puts this around one synchronous write: sub-millisecond on NVMe, tens of ms on network disks.
 pub const ACCEPT_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Upper bounds (seconds) of the delivery latency histogram: arrival → delivered. From

@@ -51,7 +51,8 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
         }
     }
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_rx) = watch::channel(smtp_core::RUNNING);
+    let (drained_tx, drained_rx) = crossbeam_channel::unbounded();
     // Mailboxes: one inbox per core of each kind.
     let (smtp_mail, smtp_inboxes): (Vec<Mailbox<ToSmtp>>, Vec<_>) = (0..smtp_cores).map(|_| mailbox()).unzip();
     let (delivery_mail, delivery_inboxes): (Vec<Mailbox<ToDelivery>>, Vec<_>) =
@@ -79,6 +80,7 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
             delivery: delivery_mail.clone(),
             inbox,
             shutdown: shutdown_rx.clone(),
+            drained: drained_tx.clone(),
             spool_gate: None,
             obs: hub.smtp_core(i as u16),
         };
@@ -86,12 +88,15 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
         smtp_threads.push(spawn_core(format!("smtp-{i}"), pin, move || Box::pin(smtp_core::run(start)))?);
     }
     drop(smtp_mail);
+    // The admin endpoint answers until the cores have stopped (queue questions during a drain
+    // get what the delivery cores still hold).
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
     let admin_thread = match admin_listener {
         Some(listener) => Some(crate::obs::admin::spawn(crate::obs::admin::AdminStart {
             listener,
             registry: Arc::clone(&hub.registry),
             delivery: delivery_mail.clone(),
-            shutdown: shutdown_rx.clone(),
+            shutdown: admin_stop_rx,
         })?),
         None => None,
     };
@@ -104,17 +109,28 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
     }
     crate::obs::sd_notify::notify("STOPPING=1");
     tracing::info!("shutting down: no new connections; sessions in flight may finish");
-    let _ = shutdown_tx.send(true);
-    let mut failed = false;
-    for t in smtp_threads {
-        failed |= !join(t);
+    // 1. SMTP cores stop accepting and finish their sessions; 2. delivery cores finish their
+    // transactions and report outcomes; 3. SMTP cores record those and close their spools.
+    let _ = shutdown_tx.send(smtp_core::DRAIN);
+    let wait = shared.config.limits.shutdown_grace.get() + std::time::Duration::from_secs(10);
+    for _ in 0..smtp_cores {
+        if drained_rx.recv_timeout(wait).is_err() {
+            tracing::warn!("an SMTP core did not finish draining in time");
+            break;
+        }
     }
+    let mut failed = false;
     for m in &delivery_mail {
         m.send(ToDelivery::Stop);
     }
     for t in delivery_threads {
         failed |= !join(t);
     }
+    let _ = shutdown_tx.send(smtp_core::FINAL);
+    for t in smtp_threads {
+        failed |= !join(t);
+    }
+    let _ = admin_stop.send(true);
     if let Some(t) = admin_thread {
         let _ = t.join();
     }

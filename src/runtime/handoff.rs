@@ -210,6 +210,11 @@ impl<T> Inbox<T> {
         }
     }
 
+    /// No message waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Takes one message if there is one, without waiting.
     pub fn try_recv(&self) -> Option<T> {
         self.rx.try_recv().ok()

@@ -167,6 +167,8 @@ struct Conn {
     rbuf: Vec<u8>,
     /// Host name (or address) for logs, DSN `Remote-MTA` and tracking.
     remote: String,
+    /// The address connected to (for host backoff).
+    addr: SocketAddr,
     command_timeout: Duration,
 }
 
@@ -194,6 +196,7 @@ async fn open(
             target.host.clone()
         },
         command_timeout: connector.command_timeout.get(),
+        addr,
     };
     loop {
         for event in conn.next_events().await {
@@ -375,6 +378,9 @@ impl Conn {
                 core.kick(domain);
             }
             if self.session.is_closed() {
+                // The server ended the connection mid-way (421, a drop, a timeout): leave the
+                // host alone for a while, or the requeued recipients would bring us straight back.
+                core.host_failed(self.addr, connector);
                 return;
             }
         }

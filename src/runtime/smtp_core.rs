@@ -121,8 +121,12 @@ pub struct CoreStart {
     pub delivery: Vec<Mailbox<ToDelivery>>,
     /// This core's inbox from delivery.
     pub inbox: Inbox<ToSmtp>,
-    /// Flips to true on shutdown.
-    pub shutdown: watch::Receiver<bool>,
+    /// Shutdown phase: `RUNNING`, then `DRAIN` (stop accepting, finish sessions, say so on
+    /// `drained`), then `FINAL` (delivery cores have stopped: record their last outcomes, close
+    /// the spool, return).
+    pub shutdown: watch::Receiver<u8>,
+    /// Told this core's number once its sessions are done.
+    pub drained: crossbeam_channel::Sender<u16>,
     /// Tests only: hold spool commits until permits are added (see `SpoolOptions::gate`).
     #[doc(hidden)]
     pub spool_gate: Option<Arc<tokio::sync::Semaphore>>,
@@ -130,10 +134,28 @@ pub struct CoreStart {
     pub obs: crate::obs::SmtpObs,
 }
 
+/// Shutdown phases (see `CoreStart::shutdown`).
+pub const RUNNING: u8 = 0;
+/// Stop accepting and finish the sessions in flight.
+pub const DRAIN: u8 = 1;
+/// Delivery has stopped: record its outcomes, close the spool.
+pub const FINAL: u8 = 2;
+
 /// Runs an SMTP core until shutdown completes. Call on the core's thread, inside tokio-uring.
 pub async fn run(start: CoreStart) -> std::io::Result<()> {
-    let CoreStart { index, shared, listeners, recovered, adopted, delivery, inbox, mut shutdown, spool_gate, obs } =
-        start;
+    let CoreStart {
+        index,
+        shared,
+        listeners,
+        recovered,
+        adopted,
+        delivery,
+        inbox,
+        mut shutdown,
+        drained,
+        spool_gate,
+        obs,
+    } = start;
     let config = &shared.config;
     let floor = recovered.max_queue_id.max(QueueId(recovered.newest_created_ms << 22));
     let floor = adopted.iter().map(|(_, r)| r.max_queue_id).fold(floor, QueueId::max);
@@ -172,7 +194,8 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         let RecoveredMessage { spool_ref, envelope, pending, .. } = m;
         core.hand_off(&spool_ref, &envelope, &pending, true);
     }
-    let inbox_task = tokio_uring::spawn(inbox_loop(Rc::clone(&core), inbox));
+    let inbox = Rc::new(inbox);
+    let inbox_task = tokio_uring::spawn(inbox_loop(Rc::clone(&core), Rc::clone(&inbox)));
     let mut accepts = Vec::new();
     let mut listener_fds = Vec::new();
     for (bind, std_listener) in listeners {
@@ -180,12 +203,7 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         listener_fds.push(listener.as_raw_fd());
         accepts.push(tokio_uring::spawn(accept_loop(Rc::clone(&core), listener, bind)));
     }
-    // Wait for shutdown.
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            break;
-        }
-    }
+    wait_phase(&mut shutdown, DRAIN).await;
     core.stopping.set(true);
     core.stop.notify_waiters();
     // Wake the pending accepts: shutdown(2) on a listening socket makes accept fail.
@@ -210,6 +228,12 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
             "shutdown grace over; closing remaining sessions"
         );
     }
+    let _ = drained.send(index);
+    // Delivery cores finish their transactions and report; their outcomes go to this spool.
+    wait_phase(&mut shutdown, FINAL).await;
+    while !inbox.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     core.spool.close().await;
     inbox_task.abort();
     obs_task.abort();
@@ -225,6 +249,14 @@ async fn obs_tick(core: Rc<SmtpCore>) {
         let stats = core.spool.stats();
         core.obs.metrics.spool_bytes.set(stats.bytes);
         core.obs.metrics.spool_messages.set(stats.live_messages);
+    }
+}
+
+async fn wait_phase(shutdown: &mut watch::Receiver<u8>, phase: u8) {
+    while *shutdown.borrow() < phase {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -263,7 +295,7 @@ async fn accept_loop(core: Rc<SmtpCore>, listener: tokio_uring::net::TcpListener
 }
 
 /// Takes outcomes and DSNs from delivery cores.
-async fn inbox_loop(core: Rc<SmtpCore>, inbox: Inbox<ToSmtp>) {
+async fn inbox_loop(core: Rc<SmtpCore>, inbox: Rc<Inbox<ToSmtp>>) {
     let mut batch = Vec::with_capacity(256);
     while inbox.recv_batch(&mut batch, 256).await {
         for m in batch.drain(..) {

@@ -35,6 +35,8 @@ struct Tls {
     cipher_out: Option<Vec<u8>>,
     /// The peer closed the TCP connection.
     eof: bool,
+    /// Decrypted bytes rustls holds for us (from its last `process_new_packets`).
+    plaintext_ready: usize,
 }
 
 impl Stream {
@@ -116,6 +118,7 @@ impl Stream {
             cipher_in: Some(Vec::with_capacity(CIPHER_BUF_BYTES)),
             cipher_out: Some(Vec::with_capacity(CIPHER_BUF_BYTES)),
             eof: false,
+            plaintext_ready: 0,
         });
         while tls.conn.is_handshaking() {
             if tls.conn.wants_write() {
@@ -198,9 +201,12 @@ impl Tls {
                     break;
                 }
             }
-            if let Err(e) = self.conn.process_new_packets() {
-                result = Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                break;
+            match self.conn.process_new_packets() {
+                Ok(state) => self.plaintext_ready = state.plaintext_bytes_to_read(),
+                Err(e) => {
+                    result = Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    break;
+                }
             }
         }
         self.cipher_in = Some(input);
@@ -214,12 +220,15 @@ impl Tls {
     async fn read_plain(&mut self, tcp: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
         loop {
             let len = buf.len();
-            let cap = buf.capacity();
-            buf.resize(cap, 0);
+            // Initialise only as much of the spare capacity as there is plaintext to copy (at
+            // least one byte, so that a close_notify still reads as 0).
+            let want = self.plaintext_ready.clamp(1, buf.capacity() - len);
+            buf.resize(len + want, 0);
             let got = self.conn.reader().read(&mut buf[len..]);
             match got {
                 Ok(n) => {
                     buf.truncate(len + n);
+                    self.plaintext_ready = self.plaintext_ready.saturating_sub(n);
                     return Ok(n); // 0: close_notify received
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(len),

@@ -46,6 +46,8 @@ pub struct SinkOptions {
     pub tempfail_times: u32,
     /// Delay before the reply to the end of data.
     pub data_latency: Option<Duration>,
+    /// Answer this many MAIL commands (in total) with 421 and close the connection.
+    pub mail_421_times: u32,
 }
 
 /// Shared record of what happened.
@@ -57,6 +59,8 @@ pub struct SinkState {
     pub messages: Vec<Received>,
     /// RCPT attempts per address.
     pub attempts: std::collections::HashMap<String, u32>,
+    /// MAIL commands answered with 421.
+    pub mail_421: u32,
 }
 
 /// A running sink.
@@ -201,6 +205,15 @@ fn serve(tcp: TcpStream, n: usize, state: &Mutex<SinkState>, o: &SinkOptions) ->
             if o.auth.is_some() && auth.is_none() {
                 reply(&mut io, "530 5.7.0 auth first\r\n")?;
                 continue;
+            }
+            {
+                let mut s = state.lock().unwrap();
+                if s.mail_421 < o.mail_421_times {
+                    s.mail_421 += 1;
+                    drop(s);
+                    reply(&mut io, "421 4.3.2 sink going away\r\n")?;
+                    return Ok(());
+                }
             }
             let (addr, params) = split_path(&cmd[10..]);
             tx = Some(Received {
