@@ -165,6 +165,14 @@ impl Reply {
     pub fn line(&self) -> String {
         format!("{} {}", self.code, self.text())
     }
+    /// The queue id in `250 2.6.0 <ID> Queued mail for delivery`.
+    pub fn queue_id_text(&self) -> String {
+        let t = self.text();
+        let start = t.find('<').map_or(0, |i| i + 1);
+        let end = t.find('>').unwrap_or(t.len());
+        t[start..end].to_string()
+    }
+
     /// Has an EHLO keyword line starting with `word`.
     pub fn offers(&self, word: &str) -> bool {
         self.lines.iter().any(|l| l == word || l.starts_with(&format!("{word} ")))
@@ -209,6 +217,24 @@ impl SmtpClient {
         let mut c = SmtpClient::connect(addr, source);
         c.handshake(pki).unwrap();
         c
+    }
+
+    /// Implicit TLS where the first write carries `prefix` (a PROXY header) and the
+    /// ClientHello together, as a load balancer that coalesces them would send it.
+    pub fn connect_tls_after(addr: SocketAddr, source: Option<IpAddr>, pki: &Pki, prefix: &[u8]) -> SmtpClient {
+        let tcp = tcp_connect(addr, source);
+        let name = ServerName::try_from(SERVER_NAME).unwrap();
+        let mut conn = ClientConnection::new(pki.client_config(), name).unwrap();
+        let mut first = prefix.to_vec();
+        while conn.wants_write() {
+            conn.write_tls(&mut first).unwrap();
+        }
+        (&tcp).write_all(&first).unwrap();
+        let mut tls = StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        SmtpClient { conn: Conn::Tls(Box::new(tls)), buf: Vec::new() }
     }
 
     /// Runs the TLS handshake now (after `220 Ready to start TLS`, or for implicit TLS).
