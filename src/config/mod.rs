@@ -271,7 +271,7 @@ impl Default for Policy {
 }
 
 /// `[log]` (extension).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     /// `text` (default) or `json`.
@@ -280,6 +280,14 @@ pub struct Log {
     /// A tracing filter, e.g. `info` or `ringrelay=debug`. `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub level: String,
+}
+
+// Not derived: a derived Default would leave `level` empty when the [log] table is absent,
+// and an empty filter shows errors only.
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: LogFormat::default(), level: default_log_level() }
+    }
 }
 
 /// Log line format.
