@@ -1,7 +1,8 @@
 //! Drives one `smtp::Session` over one connection: reads into a reused owned buffer, feeds the
 //! session, writes its replies (one write per batch of pipelined commands), and carries out
 //! its actions: persist (spool append, then hand-off to delivery), authenticate (a per-core
-//! cache of verified credentials, else argon2 off the core), STARTTLS (discarding anything
+//! cache of verified credentials, else argon2 off the core with a bounded number running at
+//! once, process-wide), STARTTLS (discarding anything
 //! pipelined after it), close. Timeouts become `Session::timed_out`; after one the socket is
 //! shut down and never read again (tokio-uring cannot cancel a read).
 //!
@@ -331,8 +332,15 @@ impl Driver {
         let ok = if cached {
             true
         } else {
-            let (u, verifier) = (user.clone(), Arc::clone(&shared));
-            let ok = tokio::task::spawn_blocking(move || verifier.users.verify(&u, &pass)).await.unwrap_or(false);
+            // Wait for a verification slot (bounded CPU for argon2, process-wide), then verify on
+            // the blocking pool. The permit is held until the verification returns.
+            let ok = match shared.auth_verify_slots.acquire().await {
+                Ok(_permit) => {
+                    let (u, verifier) = (user.clone(), Arc::clone(&shared));
+                    tokio::task::spawn_blocking(move || verifier.users.verify(&u, &pass)).await.unwrap_or(false)
+                }
+                Err(_) => false, // the semaphore is never closed
+            };
             if ok && let Some(tag) = tag {
                 core.auth_cache.borrow_mut().remember(&user, tag, crate::clock::now());
             }

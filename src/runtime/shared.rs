@@ -35,6 +35,22 @@ pub struct Shared {
     pub limits: Vec<ConnectorLimits>,
     /// Failed AUTH attempts and lockouts, for the whole process.
     pub auth_lockouts: AuthLockouts,
+    /// Permits for argon2 verifications running at once, process-wide
+    /// (`limits.auth_verify_concurrency`).
+    pub auth_verify_slots: tokio::sync::Semaphore,
+}
+
+/// How many argon2 verifications may run at once in the whole process: `configured`, or when
+/// it is 0, half the CPUs (at least one). Each takes a CPU for 10-50 ms; running more at once
+/// than there are spare CPUs does not verify faster, it only takes CPU time from the SMTP
+/// cores, so that an AUTH flood (wrong passwords are never cached) would slow every session on
+/// the machine. Beyond this, AUTHs wait their turn (first come, first served) while every
+/// other session goes on.
+pub fn auth_verify_concurrency(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// The AUTH lockout, process-wide. SO_REUSEPORT spreads one client's connections over every
@@ -143,6 +159,9 @@ impl Shared {
         let lockout_max = limits.iter().map(|l| l.auth_lockout).max().unwrap_or(Duration::ZERO);
         Ok(Shared {
             auth_lockouts: AuthLockouts::new(lockout_max),
+            auth_verify_slots: tokio::sync::Semaphore::new(auth_verify_concurrency(
+                config.limits.auth_verify_concurrency,
+            )),
             limits,
             connectors: ConnectorTable::from_config(&config),
             accepted: AcceptedDomains::from_config(&config),
