@@ -31,6 +31,11 @@ pub struct SmtpCore {
     pub spool: Spool,
     ids: RefCell<QueueIdGen>,
     dates: DateCache,
+    /// Connections and message rates per source, for this core only (never borrowed across
+    /// an await).
+    pub limits: RefCell<CoreLimits>,
+    /// Recently verified AUTH credentials, for this core only.
+    pub auth_cache: RefCell<AuthCache>,
     /// Session settings per receive connector.
     pub session_configs: Vec<Rc<SessionConfig>>,
     /// Open connections on this core.
@@ -40,11 +45,6 @@ pub struct SmtpCore {
     pub stopping: Cell<bool>,
     /// Woken when shutdown starts.
     pub stop: Notify,
-    /// Connections and message rates per source, for this core only (never borrowed across
-    /// an await).
-    pub limits: RefCell<CoreLimits>,
-    /// Recently verified AUTH credentials, for this core only.
-    pub auth_cache: RefCell<AuthCache>,
 }
 
 impl SmtpCore {
@@ -131,12 +131,12 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         spool,
         ids: RefCell::new(QueueIdGen::new(u8::try_from(index).unwrap_or(u8::MAX), floor)),
         dates: DateCache::default(),
+        limits: RefCell::new(CoreLimits::default()),
+        auth_cache: RefCell::new(AuthCache::new(AUTH_CACHE_TTL, AUTH_CACHE_ENTRIES_MAX)),
         connections: Cell::new(0),
         delivery,
         stopping: Cell::new(false),
         stop: Notify::new(),
-        limits: RefCell::new(CoreLimits::default()),
-        auth_cache: RefCell::new(AuthCache::new(AUTH_CACHE_TTL, AUTH_CACHE_ENTRIES_MAX)),
     });
     if !live.is_empty() {
         tracing::info!(core = index, messages = live.len(), "recovered queued messages; delivering them now");
