@@ -38,7 +38,11 @@ pub mod clock;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod delivery;
+#[cfg(feature = "server")]
 pub mod policy;
+#[cfg(feature = "server")]
+pub mod queue;
 #[cfg(feature = "server")]
 pub mod runtime;
 #[cfg(feature = "server")]

@@ -31,7 +31,8 @@ fn queued_reply_waits_for_the_spool_commit() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let (delivery_tx, delivery_rx) = mailbox::<ToDelivery>();
     let (_smtp_tx, smtp_rx) = mailbox();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(smtp_core::RUNNING);
+    let (drained_tx, _drained_rx) = crossbeam_channel::unbounded();
     let start = CoreStart {
         index: 0,
         shared,
@@ -41,6 +42,7 @@ fn queued_reply_waits_for_the_spool_commit() {
         delivery: vec![delivery_tx],
         inbox: smtp_rx,
         shutdown: stop_rx,
+        drained: drained_tx,
         spool_gate: Some(Arc::clone(&gate)),
     };
     let core = std::thread::spawn(move || tokio_uring::start(smtp_core::run(start)));
@@ -67,6 +69,11 @@ fn queued_reply_waits_for_the_spool_commit() {
         other => panic!("expected a delivery job, got {other:?}"),
     }
     gate.add_permits(1000);
-    stop_tx.send(true).unwrap();
+    let t0 = common::now();
+    stop_tx.send(smtp_core::FINAL).unwrap();
+    let bye = c.reply();
+    eprintln!("421 after {:?}", t0.elapsed());
+    assert_eq!(bye.code, 421, "an idle session is closed at shutdown: {bye:?}");
     core.join().unwrap().unwrap();
+    eprintln!("joined after {:?}", t0.elapsed());
 }

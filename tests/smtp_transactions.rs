@@ -33,6 +33,8 @@ fn pipelined_transaction_in_one_write_is_queued_with_identical_bytes() {
     assert_eq!(env.recipients[1].orcpt.as_deref(), Some("rfc822;c@dest.test"));
     assert_eq!(env.connector, "loopback");
     assert_eq!(env.helo, "client.test");
+    let age = ringrelay::clock::unix_ms().saturating_sub(env.received_at_ms);
+    assert!(age < 60_000, "arrival time is stored with the message ({age} ms ago)");
 }
 
 #[test]

@@ -9,4 +9,5 @@ pub mod limits;
 pub mod proxy;
 pub mod receive;
 pub mod relay;
+pub mod route;
 pub mod users;

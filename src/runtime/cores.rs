@@ -44,14 +44,15 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
     let binds: Vec<SocketAddr> = shared.connectors.binds().collect();
     let mut listeners: Vec<Vec<(SocketAddr, std::net::TcpListener)>> = (0..smtp_cores).map(|_| Vec::new()).collect();
     for &bind in &binds {
-        net::check_port_free(bind).map_err(|e| bind_error(bind, &e))?;
+        wait_port_free(bind)?;
         for per_core in listeners.iter_mut() {
             let l = net::reuseport_listener(bind, BACKLOG).map_err(|e| bind_error(bind, &e))?;
             per_core.push((bind, l));
         }
     }
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_rx) = watch::channel(smtp_core::RUNNING);
+    let (drained_tx, drained_rx) = crossbeam_channel::unbounded();
     // Mailboxes: one inbox per core of each kind.
     let (smtp_mail, smtp_inboxes): (Vec<Mailbox<ToSmtp>>, Vec<_>) = (0..smtp_cores).map(|_| mailbox()).unzip();
     let (delivery_mail, delivery_inboxes): (Vec<Mailbox<ToDelivery>>, Vec<_>) =
@@ -74,6 +75,7 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
             delivery: delivery_mail.clone(),
             inbox,
             shutdown: shutdown_rx.clone(),
+            drained: drained_tx.clone(),
             spool_gate: None,
         };
         let pin = core_ids.get(i % core_ids.len().max(1)).copied();
@@ -83,15 +85,25 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
     print_summary(&shared, smtp_cores, delivery_cores, &binds);
     signals.wait();
     tracing::info!("shutting down: no new connections; sessions in flight may finish");
-    let _ = shutdown_tx.send(true);
-    let mut failed = false;
-    for t in smtp_threads {
-        failed |= !join(t);
+    // 1. SMTP cores stop accepting and finish their sessions; 2. delivery cores finish their
+    // transactions and report outcomes; 3. SMTP cores record those and close their spools.
+    let _ = shutdown_tx.send(smtp_core::DRAIN);
+    let wait = shared.config.limits.shutdown_grace.get() + std::time::Duration::from_secs(10);
+    for _ in 0..smtp_cores {
+        if drained_rx.recv_timeout(wait).is_err() {
+            tracing::warn!("an SMTP core did not finish draining in time");
+            break;
+        }
     }
+    let mut failed = false;
     for m in &delivery_mail {
         m.send(ToDelivery::Stop);
     }
     for t in delivery_threads {
+        failed |= !join(t);
+    }
+    let _ = shutdown_tx.send(smtp_core::FINAL);
+    for t in smtp_threads {
         failed |= !join(t);
     }
     if failed {
@@ -125,6 +137,28 @@ fn recover_all(
         }
     }
     Ok((own, adopted))
+}
+
+/// Checks that nothing else listens on `bind`. A listener of a process that just died can
+/// outlive it for a moment (io_uring releases the files of in-flight operations after the
+/// process exits), and joining it with SO_REUSEPORT would send connections into a socket that
+/// nobody accepts from: so wait for it to go, for a few seconds, before calling the port taken.
+fn wait_port_free(bind: SocketAddr) -> Result<(), String> {
+    let deadline = crate::clock::now() + std::time::Duration::from_secs(5);
+    let mut logged = false;
+    loop {
+        match net::check_port_free(bind) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && crate::clock::now() < deadline => {
+                if !logged {
+                    tracing::info!(%bind, "address in use; waiting up to 5s in case it is a listener of a process that just stopped");
+                    logged = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(bind_error(bind, &e)),
+        }
+    }
 }
 
 fn bind_error(bind: SocketAddr, e: &std::io::Error) -> String {

@@ -27,8 +27,92 @@ pub struct DeliveryJob {
 pub enum ToDelivery {
     /// Deliver this.
     Job(DeliveryJob),
+    /// A question or order from the admin endpoint.
+    Admin(AdminRequest),
     /// Finish what is in flight and stop.
     Stop,
+}
+
+/// Queue inspection and control, answered by each delivery core for its own domains.
+#[derive(Debug)]
+pub enum AdminRequest {
+    /// One line per destination domain.
+    Domains(tokio::sync::oneshot::Sender<Vec<DomainSummary>>),
+    /// The messages queued here, optionally only those for one domain.
+    Messages {
+        /// Only this domain (lowercase).
+        domain: Option<String>,
+        /// The answer.
+        reply: tokio::sync::oneshot::Sender<Vec<MessageSummary>>,
+    },
+    /// Try now: one message, one domain, or everything deferred.
+    Retry {
+        /// What to retry.
+        target: RetryTarget,
+        /// How many queue entries were moved to ready.
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// Drop a message's recipients held by this core: FAIL, and a DSN to the sender unless
+    /// `bounce` is false.
+    Delete {
+        /// The message.
+        queue_id: QueueId,
+        /// Send a DSN.
+        bounce: bool,
+        /// Recipients dropped here (0: not queued on this core).
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
+}
+
+/// What `AdminRequest::Retry` applies to.
+#[derive(Debug, Clone)]
+pub enum RetryTarget {
+    /// Every deferred entry.
+    All,
+    /// The entries of one domain.
+    Domain(String),
+    /// The entries of one message.
+    Message(QueueId),
+}
+
+/// Queue state of one destination domain on one delivery core.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DomainSummary {
+    /// The domain.
+    pub domain: String,
+    /// Messages with recipients in this domain, ready or deferred.
+    pub messages: usize,
+    /// Recipients waiting.
+    pub recipients: usize,
+    /// Of the messages, those waiting for a retry.
+    pub deferred: usize,
+    /// Age of the oldest message, milliseconds.
+    pub oldest_age_ms: u64,
+    /// Open connections.
+    pub connections: usize,
+}
+
+/// One queued message (its part on one delivery core).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageSummary {
+    /// Queue id.
+    pub queue_id: String,
+    /// Envelope sender.
+    pub sender: String,
+    /// Recipients still to deliver, from this core.
+    pub recipients: Vec<String>,
+    /// Destination domain of those recipients.
+    pub domain: String,
+    /// Message size in bytes.
+    pub size: u64,
+    /// Arrival, Unix milliseconds.
+    pub arrival_ms: u64,
+    /// Failed attempts.
+    pub failures: u32,
+    /// Next attempt, Unix milliseconds (None: ready now).
+    pub next_attempt_ms: Option<u64>,
+    /// The last reply that deferred it.
+    pub last_reply: Option<String>,
 }
 
 /// From a delivery core to the SMTP core that owns a message's spool.
@@ -68,9 +152,20 @@ impl<T> Clone for Mailbox<T> {
 impl<T> Mailbox<T> {
     /// Sends and wakes the receiver. False when the receiver is gone.
     pub fn send(&self, message: T) -> bool {
-        let ok = self.tx.send(message).is_ok();
-        self.wake.notify_one();
+        let ok = self.send_quiet(message);
+        self.wake();
         ok
+    }
+
+    /// Sends without waking the receiver: for a burst of messages, followed by one `wake`
+    /// (waking another core is a syscall and a context switch; one per burst is enough).
+    pub fn send_quiet(&self, message: T) -> bool {
+        self.tx.send(message).is_ok()
+    }
+
+    /// Wakes the receiver.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Messages waiting.
@@ -113,6 +208,11 @@ impl<T> Inbox<T> {
             }
             notified.await;
         }
+    }
+
+    /// No message waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
     }
 
     /// Takes one message if there is one, without waiting.

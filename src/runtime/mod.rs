@@ -5,7 +5,8 @@
 //! - `cores`: process topology, start and shutdown;
 //! - `smtp_core`: one SMTP core's state and accept loops;
 //! - `conn`: one connection driving one `smtp::Session`;
-//! - `delivery_core`: one delivery core;
+//! - `delivery_core`: one delivery core (queues, retries, DSNs, admin answers);
+//! - `outbound`: one pooled outbound connection of a delivery core;
 //! - `handoff`: the messages between cores and their mailboxes;
 //! - `shared`: read-only state built once from the configuration;
 //! - `stream`, `net`: sockets and TLS over owned buffers;
@@ -16,6 +17,7 @@ pub mod cores;
 pub mod delivery_core;
 pub mod handoff;
 pub mod net;
+pub mod outbound;
 pub mod probe;
 pub mod shared;
 pub mod smtp_core;

@@ -41,10 +41,14 @@ pub struct SmtpCore {
     /// Open connections on this core.
     pub connections: Cell<usize>,
     delivery: Vec<Mailbox<ToDelivery>>,
+    /// Delivery cores sent to since the last wake (bit i: core i; cores past 63 share bit 63).
+    unwoken: Cell<u64>,
     /// Set once shutdown starts.
     pub stopping: Cell<bool>,
     /// Woken when shutdown starts.
     pub stop: Notify,
+    /// This core itself, for tasks it spawns.
+    me: RefCell<std::rc::Weak<SmtpCore>>,
 }
 
 impl SmtpCore {
@@ -72,8 +76,30 @@ impl SmtpCore {
                 continue;
             }
             let job = DeliveryJob { spool_ref: spool_ref.clone(), rcpts, recovered };
-            if !self.delivery[core].send(ToDelivery::Job(job)) {
+            if !self.delivery[core].send_quiet(ToDelivery::Job(job)) {
                 tracing::error!(queue_id = %envelope.queue_id, "delivery core {core} is gone; the message stays queued");
+            }
+            self.schedule_wake(core);
+        }
+    }
+
+    /// Wakes the delivery cores sent to, once, after every task woken by the same spool batch
+    /// has handed off its message: a task queued now runs after them.
+    fn schedule_wake(&self, core: usize) {
+        let before = self.unwoken.get();
+        self.unwoken.set(before | (1u64 << core.min(63)));
+        if before != 0 {
+            return; // a wake is already scheduled
+        }
+        let Some(me) = self.me.borrow().upgrade() else { return self.wake_delivery() };
+        tokio_uring::spawn(async move { me.wake_delivery() });
+    }
+
+    fn wake_delivery(&self) {
+        let bits = self.unwoken.replace(0);
+        for (i, mailbox) in self.delivery.iter().enumerate() {
+            if bits & (1u64 << i.min(63)) != 0 {
+                mailbox.wake();
             }
         }
     }
@@ -100,16 +126,28 @@ pub struct CoreStart {
     pub delivery: Vec<Mailbox<ToDelivery>>,
     /// This core's inbox from delivery.
     pub inbox: Inbox<ToSmtp>,
-    /// Flips to true on shutdown.
-    pub shutdown: watch::Receiver<bool>,
+    /// Shutdown phase: `RUNNING`, then `DRAIN` (stop accepting, finish sessions, say so on
+    /// `drained`), then `FINAL` (delivery cores have stopped: record their last outcomes, close
+    /// the spool, return).
+    pub shutdown: watch::Receiver<u8>,
+    /// Told this core's number once its sessions are done.
+    pub drained: crossbeam_channel::Sender<u16>,
     /// Tests only: hold spool commits until permits are added (see `SpoolOptions::gate`).
     #[doc(hidden)]
     pub spool_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
+/// Shutdown phases (see `CoreStart::shutdown`).
+pub const RUNNING: u8 = 0;
+/// Stop accepting and finish the sessions in flight.
+pub const DRAIN: u8 = 1;
+/// Delivery has stopped: record its outcomes, close the spool.
+pub const FINAL: u8 = 2;
+
 /// Runs an SMTP core until shutdown completes. Call on the core's thread, inside tokio-uring.
 pub async fn run(start: CoreStart) -> std::io::Result<()> {
-    let CoreStart { index, shared, listeners, recovered, adopted, delivery, inbox, mut shutdown, spool_gate } = start;
+    let CoreStart { index, shared, listeners, recovered, adopted, delivery, inbox, mut shutdown, drained, spool_gate } =
+        start;
     let config = &shared.config;
     let floor = recovered.max_queue_id.max(QueueId(recovered.newest_created_ms << 22));
     let floor = adopted.iter().map(|(_, r)| r.max_queue_id).fold(floor, QueueId::max);
@@ -135,9 +173,12 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         auth_cache: RefCell::new(AuthCache::new(AUTH_CACHE_TTL, AUTH_CACHE_ENTRIES_MAX)),
         connections: Cell::new(0),
         delivery,
+        unwoken: Cell::new(0),
         stopping: Cell::new(false),
         stop: Notify::new(),
+        me: RefCell::new(std::rc::Weak::new()),
     });
+    *core.me.borrow_mut() = Rc::downgrade(&core);
     if !live.is_empty() {
         tracing::info!(core = index, messages = live.len(), "recovered queued messages; delivering them now");
     }
@@ -145,7 +186,8 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         let RecoveredMessage { spool_ref, envelope, pending, .. } = m;
         core.hand_off(&spool_ref, &envelope, &pending, true);
     }
-    let inbox_task = tokio_uring::spawn(inbox_loop(Rc::clone(&core), inbox));
+    let inbox = Rc::new(inbox);
+    let inbox_task = tokio_uring::spawn(inbox_loop(Rc::clone(&core), Rc::clone(&inbox)));
     let mut accepts = Vec::new();
     let mut listener_fds = Vec::new();
     for (bind, std_listener) in listeners {
@@ -153,12 +195,7 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         listener_fds.push(listener.as_raw_fd());
         accepts.push(tokio_uring::spawn(accept_loop(Rc::clone(&core), listener, bind)));
     }
-    // Wait for shutdown.
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            break;
-        }
-    }
+    wait_phase(&mut shutdown, DRAIN).await;
     core.stopping.set(true);
     core.stop.notify_waiters();
     // Wake the pending accepts: shutdown(2) on a listening socket makes accept fail.
@@ -183,9 +220,23 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
             "shutdown grace over; closing remaining sessions"
         );
     }
+    let _ = drained.send(index);
+    // Delivery cores finish their transactions and report; their outcomes go to this spool.
+    wait_phase(&mut shutdown, FINAL).await;
+    while !inbox.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     core.spool.close().await;
     inbox_task.abort();
     Ok(())
+}
+
+async fn wait_phase(shutdown: &mut watch::Receiver<u8>, phase: u8) {
+    while *shutdown.borrow() < phase {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn accept_loop(core: Rc<SmtpCore>, listener: tokio_uring::net::TcpListener, bind: SocketAddr) {
@@ -222,7 +273,7 @@ async fn accept_loop(core: Rc<SmtpCore>, listener: tokio_uring::net::TcpListener
 }
 
 /// Takes outcomes and DSNs from delivery cores.
-async fn inbox_loop(core: Rc<SmtpCore>, inbox: Inbox<ToSmtp>) {
+async fn inbox_loop(core: Rc<SmtpCore>, inbox: Rc<Inbox<ToSmtp>>) {
     let mut batch = Vec::with_capacity(256);
     while inbox.recv_batch(&mut batch, 256).await {
         for m in batch.drain(..) {

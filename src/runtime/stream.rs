@@ -35,6 +35,8 @@ struct Tls {
     cipher_out: Option<Vec<u8>>,
     /// The peer closed the TCP connection.
     eof: bool,
+    /// Decrypted bytes rustls holds for us (from its last `process_new_packets`).
+    plaintext_ready: usize,
 }
 
 impl Stream {
@@ -122,6 +124,7 @@ impl Stream {
             cipher_in: Some(Vec::with_capacity(CIPHER_BUF_BYTES)),
             cipher_out: Some(Vec::with_capacity(CIPHER_BUF_BYTES)),
             eof: false,
+            plaintext_ready: 0,
         });
         if let Err(e) = tls.feed(early) {
             let _ = tls.flush(&self.tcp).await; // the alert rustls queued
@@ -147,13 +150,13 @@ impl Stream {
         let _ = self.tcp.shutdown(Shutdown::Both);
     }
 
-    /// Closes cleanly: TLS close_notify when under TLS, then shuts the socket down.
+    /// Closes cleanly: TLS close_notify when under TLS. The descriptor is closed when the
+    /// stream is dropped; no `shutdown` is needed when no operation was abandoned.
     pub async fn close(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
             tls.conn.send_close_notify();
             let _ = tls.flush(&self.tcp).await;
         }
-        self.shutdown();
     }
 }
 
@@ -213,8 +216,9 @@ impl Tls {
                 Ok(_) => {}
                 Err(e) => return Err(e),
             }
-            if let Err(e) = self.conn.process_new_packets() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            match self.conn.process_new_packets() {
+                Ok(state) => self.plaintext_ready = state.plaintext_bytes_to_read(),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
         }
         Ok(())
@@ -224,12 +228,15 @@ impl Tls {
     async fn read_plain(&mut self, tcp: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
         loop {
             let len = buf.len();
-            let cap = buf.capacity();
-            buf.resize(cap, 0);
+            // Initialise only as much of the spare capacity as there is plaintext to copy (at
+            // least one byte, so that a close_notify still reads as 0).
+            let want = self.plaintext_ready.clamp(1, buf.capacity() - len);
+            buf.resize(len + want, 0);
             let got = self.conn.reader().read(&mut buf[len..]);
             match got {
                 Ok(n) => {
                     buf.truncate(len + n);
+                    self.plaintext_ready = self.plaintext_ready.saturating_sub(n);
                     return Ok(n); // 0: close_notify received
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(len),

@@ -511,6 +511,7 @@ impl Session {
     /// Starts the stored message with our trace header (RFC 5321 4.4).
     fn begin_message(&mut self, host: &mut dyn Host) {
         self.envelope.queue_id = host.next_queue_id();
+        self.envelope.received_at_ms = host.now_ms();
         self.message.clear();
         let e = &self.envelope;
         let utf8 = if e.smtputf8 { "UTF8" } else { "" };

@@ -130,6 +130,7 @@ fn pipelined_transaction_is_queued_only_after_durable() {
     assert!(!t.contains("2.6.0"), "no queued reply before the spool confirms");
     let e = h.s.envelope();
     assert_eq!(e.sender, "a@x.test");
+    assert_eq!(e.received_at_ms, 1_764_000_000_000, "arrival time stamped when the data starts");
     assert_eq!(e.recipients.len(), 2);
     assert_eq!(e.recipients[0].notify, Notify(Notify::SUCCESS));
     let msg = String::from_utf8(h.s.message().to_vec()).unwrap();

@@ -28,7 +28,8 @@
 //! # Group commit
 //!
 //! Appends from every session of the core go into one open batch; the writer task writes the
-//! batch with one `write` and makes it durable with one `fdatasync` (`fsync = "batch"`), then
+//! batch with one `write` through an O_DSYNC descriptor, which completes once the data is
+//! durable (one operation where `write` + `fdatasync` would be two) (`fsync = "batch"`), then
 //! wakes every session whose message was in it, and only then do they answer `250`. While a
 //! batch is being written the next one fills. `always` gives each message its own sync;
 //! `never` writes and acknowledges without syncing (benchmarks only). DONE records ride in the

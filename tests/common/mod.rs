@@ -4,6 +4,10 @@
 // Tests measure their own deadlines; the clock rule is for the product.
 #![allow(clippy::disallowed_methods)]
 
+pub mod dns;
+pub mod pki;
+pub mod sink;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
