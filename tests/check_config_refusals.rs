@@ -126,6 +126,18 @@ fn ranges_and_limits_that_cannot_work_are_refused() {
         "receive_connector[0].remote_ip_ranges",
         &["is empty", "192.168.1.13/32"],
     );
+    let users = "remote_ip_ranges = [\"10.0.0.0/8\"]\npermission_groups = [\"users\"]\n\
+                 tls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }";
+    refused(
+        &connector(&format!("{users}\nauth_lockout = \"0s\"")),
+        "receive_connector[0].auth_lockout",
+        &["is 0", "never be slowed down", "\"5m\""],
+    );
+    refused(
+        &connector(&format!("{users}\nmax_auth_failures = 0")),
+        "receive_connector[0].max_auth_failures",
+        &["at least 1", "lockout"],
+    );
     let (code, err, path) = check(&connector("remote_ip_ranges = [\"10.0.0.0/8\"]\nmessage_rate_limit = \"0/m\""));
     assert_eq!(code, 1);
     assert!(err.contains(&path) && err.contains("message_rate_limit") && err.contains("600/m"), "{err}");
