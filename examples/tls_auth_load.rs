@@ -151,7 +151,7 @@ fn main() {
     let tls = pki.client_config();
     let wanted = |s: &Scenario| args.only.as_deref().is_none_or(|o| s.name.contains(o));
     // Per scenario: rate per run, SMTP core CPU µs per unit per run, process CPU µs per unit.
-    let mut results: Vec<(Scenario, Vec<f64>, Vec<f64>, Vec<f64>)> =
+    let mut results: Vec<ScenarioRuns> =
         SCENARIOS.iter().filter(|s| wanted(s)).map(|s| (*s, Vec::new(), Vec::new(), Vec::new())).collect();
     for _ in 0..args.runs {
         for (s, rates, core_cpu, all_cpu) in &mut results {
@@ -250,6 +250,9 @@ fn main() {
         println!("| {label} | {slots} | {} | {} | {} | {max} | {:.0} |", p(0.50), p(0.90), p(0.99), median(&rates));
     }
 }
+
+/// A scenario and, per run: its rate, SMTP-core CPU µs per unit, process CPU µs per unit.
+type ScenarioRuns = (Scenario, Vec<f64>, Vec<f64>, Vec<f64>);
 
 /// A probe table row: label, verification slots, sorted round trips per run, AUTH/s per run.
 type ProbeRow = (String, String, Vec<Vec<u64>>, Vec<f64>);
