@@ -163,6 +163,10 @@ pub struct Limits {
     /// Extension: on SIGTERM/SIGINT, how long sessions in flight may take to finish.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
+    /// Extension: argon2 verifications (AUTH) running at once in the process; 0 = half the
+    /// CPUs, at least 1. More only takes CPU from the SMTP cores (README, "Authentication").
+    #[serde(default)]
+    pub auth_verify_concurrency: usize,
 }
 
 impl Default for Limits {
@@ -176,6 +180,7 @@ impl Default for Limits {
             data_timeout: five_minutes(),
             max_connections_per_core: default_max_connections_per_core(),
             shutdown_grace: default_shutdown_grace(),
+            auth_verify_concurrency: 0,
         }
     }
 }
@@ -282,8 +287,8 @@ pub struct Log {
     pub level: String,
 }
 
-// Not derived: without a `[log]` table the level must still be "info" (a derived Default
-// gave "", which tracing reads as "errors only", hiding every info line of a default setup).
+// Not derived: a derived Default would leave `level` empty when the [log] table is absent,
+// and an empty filter shows errors only.
 impl Default for Log {
     fn default() -> Self {
         Log { format: LogFormat::default(), level: default_log_level() }

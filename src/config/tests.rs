@@ -48,6 +48,7 @@ fn defaults_fill_in() {
     assert_eq!(c.spool.fsync, FsyncMode::Batch);
     assert_eq!(c.cores.delivery, 1);
     assert_eq!(c.receive_connectors[0].permission_groups, vec![PermissionGroup::Anonymous]);
+    assert_eq!(c.log.level, "info", "without a [log] table too");
     // The effective configuration prints and reads back the same.
     let again = Config::parse(&c.to_toml(), Path::new("printed")).unwrap();
     assert_eq!(again.to_toml(), c.to_toml());

@@ -139,7 +139,27 @@ fn receive_connectors(c: &Config, r: &mut Report) {
             by_bind.entry(*b).or_default().push(i);
         }
         if rc.remote_ip_ranges.is_empty() {
-            r.error(format!("{key}.remote_ip_ranges"), "is empty: no client could ever use this connector");
+            r.error(
+                format!("{key}.remote_ip_ranges"),
+                "is empty: no client could ever use this connector; list the clients, e.g. [\"192.168.1.13/32\"]",
+            );
+        }
+        for (field, nets) in [("remote_ip_ranges", &rc.remote_ip_ranges), ("trusted_proxies", &rc.trusted_proxies)] {
+            for net in nets.iter().filter(|n| is_ipv4_mapped(n)) {
+                r.error(
+                    format!("{key}.{field}"),
+                    format!(
+                        "{net} is an IPv4-mapped IPv6 range, which never matches: IPv4 clients (also those that \
+                         reach an IPv6 socket as ::ffff:a.b.c.d) are matched as IPv4. Write it as an IPv4 range"
+                    ),
+                );
+            }
+        }
+        if rc.max_connections_per_source == Some(0) {
+            r.error(
+                format!("{key}.max_connections_per_source"),
+                "is 0: every connection would be refused; use at least 1, or remove the key for no limit",
+            );
         }
         if rc.permission_groups.is_empty() {
             r.error(format!("{key}.permission_groups"), "is empty: use [\"anonymous\"], [\"users\"] or both");
@@ -176,7 +196,16 @@ fn receive_connectors(c: &Config, r: &mut Report) {
             }
         }
         if rc.max_auth_failures == 0 && rc.users() {
-            r.error(format!("{key}.max_auth_failures"), "must be at least 1");
+            r.error(
+                format!("{key}.max_auth_failures"),
+                "must be at least 1 (failed AUTH attempts from one address before its lockout), e.g. 5",
+            );
+        }
+        if rc.auth_lockout.get().is_zero() && rc.users() {
+            r.error(
+                format!("{key}.auth_lockout"),
+                "is 0: password guessing would never be slowed down; use a duration such as \"5m\"",
+            );
         }
         if rc.proxy_protocol && rc.trusted_proxies.is_empty() {
             let risk = if rc.anonymous() {
@@ -189,6 +218,28 @@ fn receive_connectors(c: &Config, r: &mut Report) {
         }
         if !rc.proxy_protocol && !rc.trusted_proxies.is_empty() {
             r.warn(format!("{key}.trusted_proxies"), "is set but proxy_protocol is false: it has no effect");
+        }
+        // Behind a PROXY header, the client address is whatever a trusted proxy says: a wide
+        // trusted_proxies range lets anyone in it claim to be one of the relay's devices.
+        if rc.anonymous() && rc.relay == super::Relay::Any && rc.proxy_protocol && !rc.open_relay {
+            for net in &rc.trusted_proxies {
+                let wide = match net {
+                    IpNet::V4(n) => n.prefix_len() < v4_min,
+                    IpNet::V6(n) => n.prefix_len() < v6_min,
+                };
+                if wide {
+                    r.error(
+                        format!("{key}.trusted_proxies"),
+                        format!(
+                            "{net} is wider than the sanity bound on an anonymous relay = \"any\" connector with \
+                             proxy_protocol = true: any host in it could send a PROXY header claiming to be one of \
+                             the addresses in remote_ip_ranges, and relay anywhere (an open relay). List only your \
+                             load balancers' addresses (e.g. [\"10.0.0.1/32\"]), or set open_relay = true on this \
+                             connector if you really mean it."
+                        ),
+                    );
+                }
+            }
         }
         // The open-relay check.
         if rc.anonymous() && rc.relay == super::Relay::Any {
@@ -266,6 +317,14 @@ fn receive_connectors(c: &Config, r: &mut Report) {
                 }
             }
         }
+    }
+}
+
+/// `::ffff:a.b.c.d/n` with n >= 96: a range of IPv4 addresses written as IPv6.
+fn is_ipv4_mapped(net: &IpNet) -> bool {
+    match net {
+        IpNet::V6(n) => n.prefix_len() >= 96 && n.network().to_ipv4_mapped().is_some(),
+        IpNet::V4(_) => false,
     }
 }
 

@@ -269,6 +269,10 @@ pub struct SmtpCoreMetrics {
     pub refused_no_connector: Cell64,
     /// Connections refused because the core was at `max_connections_per_core` (`421 4.7.0`).
     pub refused_core_full: Cell64,
+    /// Refused: `max_connections_per_source` reached.
+    pub refused_per_source: Cell64,
+    /// Refused: PROXY header untrusted or malformed.
+    pub refused_proxy: Cell64,
     /// Negative replies.
     pub rejects: RejectTable,
     /// End of data → durable.
@@ -286,6 +290,8 @@ impl SmtpCoreMetrics {
             connectors: (0..connectors).map(|_| ConnectorMetrics::default()).collect(),
             refused_no_connector: Cell64::default(),
             refused_core_full: Cell64::default(),
+            refused_per_source: Cell64::default(),
+            refused_proxy: Cell64::default(),
             rejects: RejectTable::default(),
             accept_latency: Histogram::new(&ACCEPT_BUCKETS),
             spool_bytes: Cell64::default(),
@@ -382,13 +388,21 @@ pub fn render(reg: &Registry, queue: &[DomainSummary]) -> String {
     w.family(
         "ringrelay_connections_refused_total",
         "counter",
-        "Inbound connections refused before a session: no_connector (554 5.7.1), core_full (421 4.7.0).",
+        "Inbound connections refused before a session: no_connector (554 5.7.1), core_full and per_source \
+         (421 4.7.0), proxy (554 5.7.1: PROXY header untrusted or malformed).",
     );
     let no_conn: u64 = reg.smtp.iter().map(|c| c.refused_no_connector.get()).sum();
     let full: u64 = reg.smtp.iter().map(|c| c.refused_core_full.get()).sum();
+    let per_source: u64 = reg.smtp.iter().map(|c| c.refused_per_source.get()).sum();
+    let proxy: u64 = reg.smtp.iter().map(|c| c.refused_proxy.get()).sum();
     w.samples(
         "ringrelay_connections_refused_total",
-        &[("reason=\"no_connector\"".into(), no_conn), ("reason=\"core_full\"".into(), full)],
+        &[
+            ("reason=\"no_connector\"".into(), no_conn),
+            ("reason=\"core_full\"".into(), full),
+            ("reason=\"per_source\"".into(), per_source),
+            ("reason=\"proxy\"".into(), proxy),
+        ],
     );
     w.family("ringrelay_sessions_total", "counter", "SMTP sessions started (greeting sent), by receive connector.");
     w.samples("ringrelay_sessions_total", &conn(|m| &m.sessions_total));

@@ -142,6 +142,16 @@ impl SmtpObs {
         self.metrics.refused_core_full.inc();
     }
 
+    /// A connection was refused: its source is at `max_connections_per_source`.
+    pub fn refused_per_source(&self) {
+        self.metrics.refused_per_source.inc();
+    }
+
+    /// A connection was refused: PROXY header from an untrusted peer, or a bad one.
+    pub fn refused_proxy(&self) {
+        self.metrics.refused_proxy.inc();
+    }
+
     /// A connection was assigned to `connector`: count it, and start its protocol log.
     pub fn connection(self: &Rc<Self>, connector: usize, peer: SocketAddr, local: SocketAddr) -> ConnObs {
         if let Some(m) = self.metrics.connectors.get(connector) {

@@ -71,6 +71,12 @@ impl Users {
         }
     }
 
+    /// The configured PHC string of `user` (for the credential cache, which binds its entries
+    /// to it).
+    pub fn password_hash(&self, user: &str) -> Option<&str> {
+        self.by_name.get(user).map(|e| e.password_hash.as_str())
+    }
+
     /// May `user` send as `address`?
     pub fn may_send_as(&self, user: &str, address: &str) -> bool {
         self.by_name.get(user).is_some_and(|e| e.send_as.iter().any(|s| s.allows(address)))

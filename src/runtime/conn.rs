@@ -1,18 +1,28 @@
 //! Drives one `smtp::Session` over one connection: reads into a reused owned buffer, feeds the
 //! session, writes its replies (one write per batch of pipelined commands), and carries out
-//! its actions: persist (spool append, then hand-off to delivery), authenticate (argon2 off
-//! the core), STARTTLS (discarding anything pipelined after it), close. Timeouts become
-//! `Session::timed_out`; after one the socket is shut down and never read again (tokio-uring
-//! cannot cancel a read).
+//! its actions: persist (spool append, then hand-off to delivery), authenticate (a per-core
+//! cache of verified credentials, else argon2 off the core with a bounded number running at
+//! once, process-wide), STARTTLS (discarding anything
+//! pipelined after it), close. Timeouts become `Session::timed_out`; after one the socket is
+//! shut down and never read again (tokio-uring cannot cancel a read).
+//!
+//! Before the session starts, in order: the PROXY header where the listening address expects
+//! one (only from `trusted_proxies`, bounded in size and time; the client address it carries
+//! replaces the peer's for everything after), the receive connector, the per-source
+//! connection limit, implicit TLS. The abuse limits are asked through `SessionHost`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use super::smtp_core::SmtpCore;
 use super::stream::Stream;
+use crate::policy::limits::Sender;
+use crate::policy::proxy::{self, PROXY_HEADER_BYTES_MAX};
 use crate::smtp::envelope::Envelope;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::{Action, Host, Output, QueueId, Session, TimeoutKind};
@@ -21,16 +31,54 @@ use crate::smtp::{Action, Host, Output, QueueId, Session, TimeoutKind};
 const READ_BUF_MIN: usize = 16 * 1024;
 /// Time allowed for a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for the PROXY header, from accept (a proxy sends it at once).
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one accepted connection to its end.
 pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: SocketAddr) {
-    let shared = &core.shared;
-    let client_ip = peer.ip().to_canonical();
+    let shared = Arc::clone(&core.shared);
+    // Bytes read with the PROXY header that belong to the client (SMTP or a TLS ClientHello).
+    let mut early = Vec::new();
+    let client_ip = match shared.connectors.proxy(bind) {
+        None => peer.ip().to_canonical(),
+        Some(policy) => {
+            if !proxy::is_trusted(peer.ip(), &policy.trusted) {
+                tracing::info!(%peer, %bind, "PROXY protocol connection from a peer that is not a trusted proxy");
+                core.obs.refused_proxy(); // obs hook
+                return refuse(tcp, reply::PROXY_REFUSED, shared.config.hostname.clone()).await;
+            }
+            match read_proxy_header(&tcp).await {
+                Ok((header, rest)) => {
+                    early = rest;
+                    match header {
+                        proxy::Header::Client(client) => client.ip().to_canonical(),
+                        proxy::Header::Local => peer.ip().to_canonical(),
+                    }
+                }
+                Err(why) => {
+                    tracing::info!(%peer, %bind, why, "PROXY header refused");
+                    core.obs.refused_proxy(); // obs hook
+                    return refuse(tcp, reply::PROXY_REFUSED, shared.config.hostname.clone()).await;
+                }
+            }
+        }
+    };
     let Some(connector) = shared.connectors.select(bind, client_ip) else {
         core.obs.refused_no_connector(); // obs hook
-        tracing::debug!(%peer, %bind, "client matches no receive connector");
-        refuse(tcp, reply::NO_CONNECTOR, shared.config.hostname.clone()).await;
-        return;
+        tracing::debug!(%peer, %client_ip, %bind, "client matches no receive connector");
+        return refuse(tcp, reply::NO_CONNECTOR, shared.config.hostname.clone()).await;
+    };
+    let _slot = match shared.limits[connector].connections_per_source_max {
+        None => None,
+        Some(max) => match SourceSlot::acquire(&core, connector, client_ip, max) {
+            Some(slot) => Some(slot),
+            None => {
+                core.obs.refused_per_source(); // obs hook
+                tracing::debug!(%client_ip, connector = %shared.config.receive_connectors[connector].name, max,
+                    "max_connections_per_source reached");
+                return refuse(tcp, reply::TOO_MANY_CONNECTIONS, shared.config.hostname.clone()).await;
+            }
+        },
     };
     let rc = &shared.config.receive_connectors[connector];
     let obs = core.obs.connection(connector, peer, bind); // obs hook: counters, protocol log
@@ -38,8 +86,9 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
     let tls = shared.tls[connector].clone();
     if rc.implicit_tls {
         let Some(cfg) = tls.clone() else { return stream.shutdown() };
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.start_tls_server(cfg)).await {
-            Ok(Ok(())) => {}
+        let handshake = stream.start_tls_server_after(cfg, &early);
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(())) => early.clear(),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "implicit TLS handshake failed");
                 return stream.shutdown();
@@ -49,7 +98,55 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
     }
     let session = Session::new(Rc::clone(&core.session_configs[connector]), client_ip, stream.is_tls());
     let mut driver = Driver { core: Rc::clone(&core), connector, session, stream, out: Output::default(), obs };
-    driver.run(tls).await;
+    driver.run(tls, early).await;
+}
+
+/// Reads a PROXY header: at most `PROXY_HEADER_BYTES_MAX` octets within
+/// `PROXY_HEADER_TIMEOUT`. Returns what it says and the bytes read after it. On a timeout the
+/// read is abandoned: the caller must not read the socket again.
+async fn read_proxy_header(tcp: &TcpStream) -> Result<(proxy::Header, Vec<u8>), &'static str> {
+    let deadline = tokio::time::Instant::from_std(crate::clock::now() + PROXY_HEADER_TIMEOUT);
+    let mut buf: Vec<u8> = Vec::with_capacity(PROXY_HEADER_BYTES_MAX);
+    loop {
+        match proxy::parse(&buf) {
+            proxy::Parse::Done { header, len } => {
+                buf.drain(..len);
+                return Ok((header, buf));
+            }
+            proxy::Parse::Invalid(why) => return Err(why),
+            proxy::Parse::NeedMore => {}
+        }
+        let len = buf.len();
+        if len >= buf.capacity() {
+            return Err("PROXY header longer than the limit");
+        }
+        match tokio::time::timeout_at(deadline, tcp.read(buf.slice(len..))).await {
+            Err(_) => return Err("no complete PROXY header in time"),
+            Ok((Ok(0), _)) => return Err("connection closed before the PROXY header ended"),
+            Ok((Ok(_), slice)) => buf = slice.into_inner(),
+            Ok((Err(_), _)) => return Err("read error before the PROXY header ended"),
+        }
+    }
+}
+
+/// One of `max_connections_per_source` slots, given back when the connection ends.
+struct SourceSlot {
+    core: Rc<SmtpCore>,
+    connector: usize,
+    ip: IpAddr,
+}
+
+impl SourceSlot {
+    fn acquire(core: &Rc<SmtpCore>, connector: usize, ip: IpAddr, max: u32) -> Option<SourceSlot> {
+        let ok = core.limits.borrow_mut().connections.try_acquire(connector, ip, max);
+        ok.then(|| SourceSlot { core: Rc::clone(core), connector, ip })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        self.core.limits.borrow_mut().connections.release(self.connector, self.ip);
+    }
 }
 
 /// Answers a connection that will not be served with one reply, and closes it.
@@ -83,12 +180,14 @@ enum Input {
 }
 
 impl Driver {
-    async fn run(&mut self, tls: Option<std::sync::Arc<rustls::ServerConfig>>) {
+    /// Runs the session; `early` is input already read (after a PROXY header).
+    async fn run(&mut self, tls: Option<Arc<rustls::ServerConfig>>, early: Vec<u8>) {
         let limits = &self.core.shared.config.limits;
         let command_timeout = limits.command_timeout.get();
         let data_timeout = limits.data_timeout.get();
         let cap = READ_BUF_MIN.max(2 * self.session.max_line());
-        let mut rbuf: Vec<u8> = Vec::with_capacity(cap);
+        let mut rbuf: Vec<u8> = early;
+        rbuf.reserve(cap);
         self.session.greet(&mut self.out);
         loop {
             if !self.flush(command_timeout).await {
@@ -230,12 +329,41 @@ impl Driver {
         self.session.persisted(result, &mut self.out);
     }
 
-    /// Checks credentials on the blocking pool (argon2 takes 10-50 ms: never on this core).
+    /// Checks credentials: a hit in this core's cache of recently verified credentials, else
+    /// argon2 on the blocking pool (10-50 ms: never on this core). A failure counts towards
+    /// the AUTH lockout of the client's address.
     async fn authenticate(&mut self) {
+        let core = Rc::clone(&self.core);
+        let shared = Arc::clone(&core.shared);
         let (user, pass) = self.session.credentials();
         let (user, pass) = (user.to_string(), pass.to_string());
-        let shared = std::sync::Arc::clone(&self.core.shared);
-        let ok = tokio::task::spawn_blocking(move || shared.users.verify(&user, &pass)).await.unwrap_or(false);
+        let tag = shared.users.password_hash(&user).map(|phc| core.auth_cache.borrow().tag(&user, phc, &pass));
+        let cached = tag.as_ref().is_some_and(|t| core.auth_cache.borrow_mut().is_fresh(&user, t, crate::clock::now()));
+        let ok = if cached {
+            true
+        } else {
+            // Wait for a verification slot (bounded CPU for argon2, process-wide), then verify on
+            // the blocking pool. The permit is held until the verification returns.
+            let ok = match shared.auth_verify_slots.acquire().await {
+                Ok(_permit) => {
+                    let (u, verifier) = (user.clone(), Arc::clone(&shared));
+                    tokio::task::spawn_blocking(move || verifier.users.verify(&u, &pass)).await.unwrap_or(false)
+                }
+                Err(_) => false, // the semaphore is never closed
+            };
+            if ok && let Some(tag) = tag {
+                core.auth_cache.borrow_mut().remember(&user, tag, crate::clock::now());
+            }
+            ok
+        };
+        if !ok {
+            let ip = self.session.envelope().client_ip;
+            let limits = &shared.limits[self.connector];
+            if shared.auth_lockouts.record_failure(self.connector, ip, limits, crate::clock::now()) {
+                tracing::info!(client_ip = %ip, connector = %shared.config.receive_connectors[self.connector].name,
+                    failures = limits.auth_failures_max, lockout = ?limits.auth_lockout, "AUTH locked out");
+            }
+        }
         self.session.authenticated(ok, &mut self.out);
     }
 }
@@ -259,9 +387,19 @@ impl Host for SessionHost<'_> {
         self.core.next_queue_id()
     }
 
-    fn check_mail(&mut self, _envelope: &Envelope) -> Result<(), Reply> {
+    fn check_mail(&mut self, envelope: &Envelope) -> Result<(), Reply> {
         if self.core.spool.over_limits() {
             return Err(reply::NO_STORAGE);
+        }
+        if let Some(rate) = self.core.shared.limits[self.connector].message_rate {
+            let sender = match &envelope.auth_user {
+                Some(user) => Sender::User(user.clone()),
+                None => Sender::Ip(envelope.client_ip),
+            };
+            let now = crate::clock::now();
+            if self.core.limits.borrow_mut().rates.check(self.connector, sender, rate, now).is_err() {
+                return Err(reply::RATE_LIMITED);
+            }
         }
         Ok(())
     }
@@ -271,7 +409,12 @@ impl Host for SessionHost<'_> {
         self.core.shared.accepted.check_rcpt(rc.relay, address)
     }
 
-    fn check_auth(&mut self, _client_ip: IpAddr) -> Result<(), Reply> {
+    fn check_auth(&mut self, client_ip: IpAddr) -> Result<(), Reply> {
+        let shared = &self.core.shared;
+        let limits = &shared.limits[self.connector];
+        if shared.auth_lockouts.is_locked(self.connector, client_ip, limits, crate::clock::now()) {
+            return Err(reply::AUTH_LOCKED);
+        }
         Ok(())
     }
 

@@ -1,9 +1,15 @@
 //! What every core reads and nobody writes after start: the configuration and what is built
-//! from it once (connector table, accepted domains, users, TLS configs, session settings).
+//! from it once (connector table, accepted domains, users, TLS configs, session settings,
+//! per-connector limits). One exception, on purpose: the AUTH lockout table
+//! (`AuthLockouts`) is process-wide, behind a mutex that the common path never takes.
 
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::{AuthMechanism, BareLineFeed, Config};
+use crate::policy::limits::{AuthFailures, ConnectorLimits};
 use crate::policy::receive::ConnectorTable;
 use crate::policy::relay::AcceptedDomains;
 use crate::policy::users::Users;
@@ -27,6 +33,86 @@ pub struct Shared {
     pub certificates: Vec<Option<Arc<crate::tls::ReloadableCert>>>,
     /// Session settings per receive connector.
     pub session_configs: Vec<SessionConfig>,
+    /// Abuse limits per receive connector.
+    pub limits: Vec<ConnectorLimits>,
+    /// Failed AUTH attempts and lockouts, for the whole process.
+    pub auth_lockouts: AuthLockouts,
+    /// Permits for argon2 verifications running at once, process-wide
+    /// (`limits.auth_verify_concurrency`).
+    pub auth_verify_slots: tokio::sync::Semaphore,
+}
+
+/// How many argon2 verifications may run at once in the whole process: `configured`, or when
+/// it is 0, half the CPUs (at least one). Each takes a CPU for 10-50 ms; running more at once
+/// than there are spare CPUs does not verify faster, it only takes CPU time from the SMTP
+/// cores, so that an AUTH flood (wrong passwords are never cached) would slow every session on
+/// the machine. Beyond this, AUTHs wait their turn (first come, first served) while every
+/// other session goes on.
+pub fn auth_verify_concurrency(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// The AUTH lockout, process-wide. SO_REUSEPORT spreads one client's connections over every
+/// SMTP core, so per-core counting would give a guesser `max_auth_failures` tries per core;
+/// here the figure is exact. Cheap where it matters: while no source has a failure on record
+/// (the normal state) `is_locked` is one atomic load; the mutex is taken only when failures
+/// exist, and then next to an argon2 verification that costs 10-50 ms anyway.
+#[derive(Debug)]
+pub struct AuthLockouts {
+    state: Mutex<LockoutState>,
+    /// Sources in the table; 0 lets `is_locked` answer without the mutex.
+    tracked: AtomicUsize,
+    /// The longest `auth_lockout` of any connector (how long an entry can matter).
+    lockout_max: Duration,
+}
+
+#[derive(Debug)]
+struct LockoutState {
+    table: AuthFailures,
+    swept_at: Option<Instant>,
+}
+
+/// How often the lockout table drops expired entries of sources that never came back.
+const LOCKOUT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+impl AuthLockouts {
+    /// An empty table for connectors whose longest lockout is `lockout_max`.
+    pub fn new(lockout_max: Duration) -> AuthLockouts {
+        AuthLockouts {
+            state: Mutex::new(LockoutState { table: AuthFailures::default(), swept_at: None }),
+            tracked: AtomicUsize::new(0),
+            lockout_max,
+        }
+    }
+
+    /// Is `ip` locked out of AUTH on `connector`?
+    pub fn is_locked(&self, connector: usize, ip: IpAddr, limits: &ConnectorLimits, now: Instant) -> bool {
+        if self.tracked.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        self.with_table(now, |t| t.is_locked(connector, ip, limits, now))
+    }
+
+    /// Records a failed AUTH; true when it started a lockout.
+    pub fn record_failure(&self, connector: usize, ip: IpAddr, limits: &ConnectorLimits, now: Instant) -> bool {
+        self.with_table(now, |t| t.record_failure(connector, ip, limits, now))
+    }
+
+    fn with_table<R>(&self, now: Instant, f: impl FnOnce(&mut AuthFailures) -> R) -> R {
+        // A panic while holding the lock leaves a consistent table (every method finishes
+        // its own updates before returning): keep using it.
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let r = f(&mut state.table);
+        if state.swept_at.is_none_or(|t| now.saturating_duration_since(t) >= LOCKOUT_SWEEP_INTERVAL) {
+            state.table.sweep(self.lockout_max, now);
+            state.swept_at = Some(now);
+        }
+        self.tracked.store(state.table.len(), Ordering::Release);
+        r
+    }
 }
 
 impl Shared {
@@ -75,7 +161,14 @@ impl Shared {
             });
             tls.push(server);
         }
+        let limits: Vec<ConnectorLimits> = config.receive_connectors.iter().map(ConnectorLimits::from_config).collect();
+        let lockout_max = limits.iter().map(|l| l.auth_lockout).max().unwrap_or(Duration::ZERO);
         Ok(Shared {
+            auth_lockouts: AuthLockouts::new(lockout_max),
+            auth_verify_slots: tokio::sync::Semaphore::new(auth_verify_concurrency(
+                config.limits.auth_verify_concurrency,
+            )),
+            limits,
             connectors: ConnectorTable::from_config(&config),
             accepted: AcceptedDomains::from_config(&config),
             users: Users::from_config(&config),

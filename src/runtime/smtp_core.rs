@@ -1,5 +1,5 @@
 //! One SMTP core: its state (spool, queue-id generator, connection count, per-connector
-//! session settings), its accept loops (one SO_REUSEPORT listener per bind address), the
+//! session settings, per-source limit tables, verified-credential cache), its accept loops (one SO_REUSEPORT listener per bind address), the
 //! task that takes outcomes and DSNs from delivery cores, and its part of shutdown.
 //! Everything here is `!Send` and lives on the core's own thread.
 
@@ -15,6 +15,8 @@ use super::conn;
 use super::handoff::{DeliveryJob, Inbox, Mailbox, ToDelivery, ToSmtp, delivery_core_for};
 use super::shared::Shared;
 use crate::clock::DateCache;
+use crate::policy::auth_cache::{AUTH_CACHE_ENTRIES_MAX, AUTH_CACHE_TTL, AuthCache};
+use crate::policy::limits::CoreLimits;
 use crate::smtp::envelope::{Envelope, QueueIdGen};
 use crate::smtp::{QueueId, SessionConfig};
 use crate::spool::{RecoveredMessage, Spool, SpoolRef};
@@ -29,6 +31,11 @@ pub struct SmtpCore {
     pub spool: Spool,
     ids: RefCell<QueueIdGen>,
     dates: DateCache,
+    /// Connections and message rates per source, for this core only (never borrowed across
+    /// an await).
+    pub limits: RefCell<CoreLimits>,
+    /// Recently verified AUTH credentials, for this core only.
+    pub auth_cache: RefCell<AuthCache>,
     /// Session settings per receive connector.
     pub session_configs: Vec<Rc<SessionConfig>>,
     /// Open connections on this core.
@@ -177,6 +184,8 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         spool,
         ids: RefCell::new(QueueIdGen::new(u8::try_from(index).unwrap_or(u8::MAX), floor)),
         dates: DateCache::default(),
+        limits: RefCell::new(CoreLimits::default()),
+        auth_cache: RefCell::new(AuthCache::new(AUTH_CACHE_TTL, AUTH_CACHE_ENTRIES_MAX)),
         connections: Cell::new(0),
         delivery,
         unwoken: Cell::new(0),

@@ -97,8 +97,14 @@ impl Stream {
 
     /// Runs the server side of a TLS handshake (STARTTLS after `220`, or implicit TLS).
     pub async fn start_tls_server(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
+        self.start_tls_server_after(config, &[]).await
+    }
+
+    /// Runs the server side of a TLS handshake whose first bytes, `early`, were already read
+    /// from the socket (they came in the same read as a PROXY header).
+    pub async fn start_tls_server_after(&mut self, config: Arc<rustls::ServerConfig>, early: &[u8]) -> io::Result<()> {
         let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
-        self.handshake(rustls::Connection::Server(conn)).await
+        self.handshake(rustls::Connection::Server(conn), early).await
     }
 
     /// Runs the client side of a TLS handshake, presenting and checking `name`.
@@ -108,10 +114,10 @@ impl Stream {
         name: ServerName<'static>,
     ) -> io::Result<()> {
         let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
-        self.handshake(rustls::Connection::Client(conn)).await
+        self.handshake(rustls::Connection::Client(conn), &[]).await
     }
 
-    async fn handshake(&mut self, conn: rustls::Connection) -> io::Result<()> {
+    async fn handshake(&mut self, conn: rustls::Connection, early: &[u8]) -> io::Result<()> {
         assert!(self.tls.is_none(), "TLS is already on");
         let mut tls = Box::new(Tls {
             conn,
@@ -120,6 +126,10 @@ impl Stream {
             eof: false,
             plaintext_ready: 0,
         });
+        if let Err(e) = tls.feed(early) {
+            let _ = tls.flush(&self.tcp).await; // the alert rustls queued
+            return Err(e);
+        }
         while tls.conn.is_handshaking() {
             if tls.conn.wants_write() {
                 tls.flush(&self.tcp).await?;
@@ -190,30 +200,28 @@ impl Tls {
             self.eof = true;
             return Ok(false);
         }
-        let mut rest = &input[..n];
-        let mut result = Ok(true);
-        while !rest.is_empty() {
-            match self.conn.read_tls(&mut rest) {
-                Ok(0) => break, // close_notify seen: rustls takes nothing more
-                Ok(_) => {}
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-            match self.conn.process_new_packets() {
-                Ok(state) => self.plaintext_ready = state.plaintext_bytes_to_read(),
-                Err(e) => {
-                    result = Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                    break;
-                }
-            }
-        }
+        let result = self.feed(&input[..n]).map(|()| true);
         self.cipher_in = Some(input);
         if result.is_err() {
             let _ = self.flush(tcp).await; // the alert rustls queued
         }
         result
+    }
+
+    /// Gives ciphertext to rustls and processes it. On error the caller sends the alert.
+    fn feed(&mut self, mut rest: &[u8]) -> io::Result<()> {
+        while !rest.is_empty() {
+            match self.conn.read_tls(&mut rest) {
+                Ok(0) => break, // close_notify seen: rustls takes nothing more
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            match self.conn.process_new_packets() {
+                Ok(state) => self.plaintext_ready = state.plaintext_bytes_to_read(),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Reads plaintext into the spare capacity of `buf`. 0 = end of stream.
