@@ -163,3 +163,35 @@ fn a_server_closing_with_421_is_backed_off_not_hammered() {
     assert!((2..=8).contains(&connections), "421 led to {connections} connections in 2 s");
     assert_eq!(common::spool_messages(&relay.spool()).len(), 1, "still queued for a retry");
 }
+
+#[test]
+fn a_dead_next_hop_is_probed_not_connected_to_per_message() {
+    // A "server" that accepts and hangs up at once, counting connections.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let cfg = common::DEFAULT_CONFIG.replace("{sink}", &port.to_string()).replace(
+        "retry = { first = \"1h\", max = \"1h\", expire = \"2d\" }",
+        "retry = { first = \"30s\", max = \"1h\", expire = \"2d\" }",
+    );
+    let relay = Relay::start(&cfg);
+    let mut c = relay.client();
+    c.hello();
+    for n in 0..50 {
+        assert_eq!(
+            c.send_mail("app@example.test", &["user@dest.test"], &format!("Subject: {n}\r\n\r\nx\r\n")).code,
+            250
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=3).contains(&n), "{n} connections for 50 messages to a dead next hop");
+    assert_eq!(common::spool_messages(&relay.spool()).len(), 50, "all still queued");
+}

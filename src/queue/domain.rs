@@ -29,6 +29,8 @@ pub struct DomainQueue {
     pub connections: usize,
     /// Of those, the ones waiting idle for work.
     pub idle: usize,
+    /// Of those, the ones still connecting (not yet ready for a transaction).
+    pub connecting: usize,
     /// Connections opened so far (metrics: pooling at work).
     pub opened: u64,
 }
@@ -47,7 +49,9 @@ pub enum Kick {
 impl DomainQueue {
     /// Decides whether to wake an idle connection or open a new one, given the connector's
     /// cap. A new connection is opened only while the ready work outnumbers the busy
-    /// connections, so a trickle of mail reuses one connection and a burst fans out to the cap.
+    /// connections, so a trickle of mail reuses one connection and a burst fans out to the cap;
+    /// and only one at a time is being set up, so a dead destination costs one probe, not a
+    /// burst of failing connects.
     pub fn kick(&self, connections_max: usize) -> Kick {
         if self.ready.is_empty() {
             return Kick::Nothing;
@@ -56,7 +60,7 @@ impl DomainQueue {
             return Kick::WakeIdle;
         }
         let busy = self.connections - self.idle;
-        if self.connections < connections_max && self.ready.len() > busy {
+        if self.connections < connections_max && self.ready.len() > busy && self.connecting == 0 {
             return Kick::Open;
         }
         Kick::Nothing
@@ -123,6 +127,9 @@ mod tests {
         q.connections = 1; // busy with nothing idle, one item ready: one connection suffices
         assert_eq!(q.kick(3), Kick::Nothing);
         q.ready.push_back(item(2));
+        q.connecting = 1;
+        assert_eq!(q.kick(3), Kick::Nothing, "one connection set up at a time");
+        q.connecting = 0;
         assert_eq!(q.kick(3), Kick::Open);
         q.connections = 3;
         for n in 3..100 {

@@ -38,6 +38,8 @@ const DEFERRED_MAX: usize = 10_000_000;
 const CACHE_MESSAGE_MAX: usize = 64 * 1024;
 /// Memory for cached messages, per delivery core.
 const CACHE_BYTES_MAX: usize = 256 << 20;
+/// Unreachable destinations remembered at once (expired ones are pruned past it).
+const DOWN_DOMAINS_MAX: usize = 100_000;
 
 /// What a delivery core is given at start.
 pub struct DeliveryStart {
@@ -74,6 +76,9 @@ struct State {
     work: HashMap<String, Rc<Notify>>,
     deferred: DeferredSet<(String, Item)>,
     backoff: HostBackoff,
+    /// Destinations found unreachable, until when, and the reply that said so: mail for them
+    /// is deferred without a connection attempt until then (one probe, not one per message).
+    down: HashMap<String, (u64, Response)>,
     cache_bytes: usize,
 }
 
@@ -118,6 +123,7 @@ pub async fn run(start: DeliveryStart) -> std::io::Result<()> {
             work: HashMap::new(),
             deferred: DeferredSet::new(DEFERRED_MAX),
             backoff: HostBackoff::default(),
+            down: HashMap::new(),
             cache_bytes: 0,
         }),
         timer: Notify::new(),
@@ -307,6 +313,17 @@ impl Core {
         if self.stopping.get() {
             return;
         }
+        if let Some(reply) = self.down_reply(domain) {
+            // Known unreachable: queue for the retry schedule without a connection.
+            let items: Vec<Item> = {
+                let mut st = self.state.borrow_mut();
+                st.domains.get_mut(domain).map(|q| q.ready.drain(..).collect()).unwrap_or_default()
+            };
+            for item in items {
+                self.defer(domain, item, &reply, None);
+            }
+            return;
+        }
         let max = self.connector_for(domain).max_connections_per_domain;
         let action = {
             let mut st = self.state.borrow_mut();
@@ -314,6 +331,7 @@ impl Core {
             let k = q.kick(max);
             if k == Kick::Open {
                 q.connections += 1;
+                q.connecting += 1;
                 q.opened += 1;
                 self.obs.metrics.connections_opened.inc();
             }
@@ -326,8 +344,8 @@ impl Core {
                 let Some(core) = self.rc() else { return };
                 let domain = domain.to_string();
                 tokio_uring::spawn(async move {
-                    outbound::connection(Rc::clone(&core), domain.clone()).await;
-                    core.connection_closed(&domain);
+                    let established = outbound::connection(Rc::clone(&core), domain.clone()).await;
+                    core.connection_closed(&domain, established);
                 });
             }
         }
@@ -339,13 +357,24 @@ impl Core {
         Rc::clone(st.work.entry(domain.to_string()).or_insert_with(|| Rc::new(Notify::new())))
     }
 
-    /// A connection task of `domain` ended.
-    fn connection_closed(&self, domain: &str) {
+    /// A connection of `domain` is set up and ready for transactions: another may be opened.
+    pub(crate) fn connection_established(&self, domain: &str) {
+        if let Some(q) = self.state.borrow_mut().domains.get_mut(domain) {
+            q.connecting -= 1;
+        }
+        self.kick(domain);
+    }
+
+    /// A connection task of `domain` ended (`established`: it had reported itself set up).
+    fn connection_closed(&self, domain: &str, established: bool) {
         {
             let mut st = self.state.borrow_mut();
             let State { domains, work, .. } = &mut *st;
             if let Some(q) = domains.get_mut(domain) {
                 q.connections -= 1;
+                if !established {
+                    q.connecting -= 1;
+                }
                 if q.connections == 0 && q.ready.is_empty() {
                     domains.remove(domain);
                     work.remove(domain);
@@ -404,6 +433,17 @@ impl Core {
             ),
         };
         Some((envelope, raw))
+    }
+
+    /// The reply a destination was found unreachable with, while that finding holds.
+    fn down_reply(&self, domain: &str) -> Option<Response> {
+        let mut st = self.state.borrow_mut();
+        let (until, reply) = st.down.get(domain)?;
+        if *until > crate::clock::unix_ms() {
+            return Some(reply.clone());
+        }
+        st.down.remove(domain);
+        None
     }
 
     /// Host backoff.
@@ -474,6 +514,15 @@ impl Core {
     /// Every item of `domain` that is ready now gets `verdict` with `reply`: the destination
     /// cannot be reached (or does not exist).
     pub(crate) fn domain_unreachable(&self, domain: &str, reply: &Response, verdict: Verdict) {
+        if verdict == Verdict::Defer {
+            let hold = (self.connector_for(domain).retry.first.get().as_millis() as u64).min(60_000);
+            let mut st = self.state.borrow_mut();
+            let now = crate::clock::unix_ms();
+            if st.down.len() >= DOWN_DOMAINS_MAX {
+                st.down.retain(|_, (until, _)| *until > now);
+            }
+            st.down.insert(domain.to_string(), (now + hold, reply.clone()));
+        }
         let items: Vec<Item> = {
             let mut st = self.state.borrow_mut();
             st.domains.get_mut(domain).map(|q| q.ready.drain(..).collect()).unwrap_or_default()
@@ -519,8 +568,9 @@ impl Core {
                     // The deferred set is full: retry at once rather than lose track.
                     self.requeue_front(&domain, item);
                 }
-                // Drop the cached copy: long-queued messages are read from the spool when due.
-                self.uncache_if_idle(envelope.queue_id);
+                // Drop the cached copy: long-queued messages are read from the spool when due
+                // (and a part of it still ready for another domain reads it from there too).
+                self.uncache(envelope.queue_id);
                 if earlier {
                     self.timer.notify_one();
                 }
@@ -736,13 +786,9 @@ impl Core {
         self.state.borrow_mut().messages.get_mut(&queue_id).map(f)
     }
 
-    /// Drops the cached copy of a message no longer in any ready queue.
-    fn uncache_if_idle(&self, queue_id: QueueId) {
+    /// Drops the cached copy of a message.
+    fn uncache(&self, queue_id: QueueId) {
         let mut st = self.state.borrow_mut();
-        let ready = st.domains.values().any(|q| q.ready.iter().any(|i| i.queue_id == queue_id));
-        if ready {
-            return;
-        }
         if let Some(raw) = st.messages.get_mut(&queue_id).and_then(|m| m.raw.take()) {
             st.cache_bytes -= raw.len();
         }
@@ -792,6 +838,7 @@ impl Core {
                     // "Try now" means now: forget which hosts failed, or the retried entries
                     // would be deferred again at once by the host backoff.
                     st.backoff = HostBackoff::default();
+                    st.down.clear();
                     picked.extend(st.deferred.due(now));
                     picked
                 };

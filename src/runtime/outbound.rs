@@ -28,15 +28,16 @@ const READ_BUF_BYTES: usize = 16 * 1024;
 /// Time allowed for a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs one connection for `domain` until it has nothing left to do.
-pub(crate) async fn connection(core: Rc<Core>, domain: String) {
+/// Runs one connection for `domain` until it has nothing left to do. Returns whether it got
+/// as far as being set up (and said so with `connection_established`).
+pub(crate) async fn connection(core: Rc<Core>, domain: String) -> bool {
     let connector = core.connector_for(&domain).clone();
     let targets = match targets(&core, &domain).await {
         Ok(t) => t,
         Err((reply, verdict)) => {
             tracing::info!(%domain, reply = %reply.one_line(), "destination cannot be routed");
             core.domain_unreachable(&domain, &reply, verdict);
-            return;
+            return false;
         }
     };
     let mut last = Response::local(reply::CONNECT_FAILED);
@@ -61,8 +62,9 @@ pub(crate) async fn connection(core: Rc<Core>, domain: String) {
             match open(&core, &connector, target, addr, false).await {
                 Ok(conn) => {
                     core.host_succeeded(addr);
+                    core.connection_established(&domain);
                     conn.deliver(&core, &domain, &connector).await;
-                    return;
+                    return true;
                 }
                 Err(OpenError::Failed(r)) => {
                     tracing::debug!(%domain, %addr, reply = %r.one_line(), "host failed");
@@ -76,8 +78,9 @@ pub(crate) async fn connection(core: Rc<Core>, domain: String) {
                         && let Ok(conn) = open(&core, &connector, target, addr, true).await
                     {
                         core.host_succeeded(addr);
+                        core.connection_established(&domain);
                         conn.deliver(&core, &domain, &connector).await;
-                        return;
+                        return true;
                     }
                     core.host_failed(addr, &connector);
                     last = r;
@@ -91,6 +94,7 @@ pub(crate) async fn connection(core: Rc<Core>, domain: String) {
         tracing::info!(%domain, reply = %last.one_line(), "no host of the destination is reachable; deferring");
         core.domain_unreachable(&domain, &last, Verdict::Defer);
     }
+    false
 }
 
 /// The hosts to try for `domain`, or the reply and verdict for its recipients.
