@@ -5,6 +5,7 @@
 # acceptance is measured) against the no-relay ceiling (smtp-source -> smtp-sink), in the same
 # run, alternating, REPS times. Uses ../shared/bench (Postfix's smtp-source and smtp-sink).
 # Prints one line per run and the medians; relay CPU is user+sys of the ringrelay process.
+# Environment: FSYNC=batch|always|never (default batch), PIN=true|false (cores.pin, default true).
 # Loopback only. Needs a release build: cargo build --release.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +21,8 @@ hostname = "bench.test"
 [spool]
 dir = "$work/spool"
 fsync = "${FSYNC:-batch}"
+[cores]
+pin = ${PIN:-true}
 [admin]
 enabled = false
 [dns]

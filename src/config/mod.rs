@@ -121,17 +121,22 @@ pub enum FsyncMode {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cores {
-    /// SMTP worker threads; 0 = one per core.
+    /// SMTP worker threads; 0 = one per core not taken by delivery cores (at least one).
     #[serde(default)]
     pub smtp: usize,
     /// Delivery threads.
     #[serde(default = "one")]
     pub delivery: usize,
+    /// Extension: pin each core thread to a CPU (the thread-per-core design). Turn it off
+    /// where other busy processes share the CPUs (a load generator on the same machine, CPU
+    /// quotas): a pinned thread cannot move away from a busy CPU. See tuning.md.
+    #[serde(default = "yes")]
+    pub pin: bool,
 }
 
 impl Default for Cores {
     fn default() -> Self {
-        Cores { smtp: 0, delivery: 1 }
+        Cores { smtp: 0, delivery: 1, pin: true }
     }
 }
 
@@ -641,8 +646,16 @@ impl Config {
     }
 
     /// Number of SMTP cores to run.
+    /// Number of SMTP cores to run. `cores.smtp = 0` means one per CPU that is not a delivery
+    /// core's (at least one): every thread then has a CPU of its own, which is what pinning
+    /// assumes. On 2 CPUs with 1 delivery core that is 1 SMTP core; measured there, it accepts
+    /// more than 2 SMTP cores sharing with delivery (tuning.md, "Cores and pinning").
     pub fn smtp_cores(&self) -> usize {
-        if self.cores.smtp == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.cores.smtp }
+        if self.cores.smtp != 0 {
+            return self.cores.smtp;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cpus.saturating_sub(self.cores.delivery).max(1)
     }
 
     /// The address bounces come from.

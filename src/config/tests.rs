@@ -177,3 +177,16 @@ fn log_level_defaults_to_info_without_a_log_table() {
     let loaded = super::embedded::load();
     assert_eq!(loaded.config.log.level, "info");
 }
+
+#[test]
+fn smtp_cores_zero_leaves_the_delivery_cores_their_cpus() {
+    let mut c = parse(MINIMAL).unwrap().config;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    c.cores.smtp = 0;
+    c.cores.delivery = 1;
+    assert_eq!(c.smtp_cores(), (cpus - 1).max(1));
+    c.cores.delivery = cpus + 5;
+    assert_eq!(c.smtp_cores(), 1, "at least one");
+    c.cores.smtp = 3;
+    assert_eq!(c.smtp_cores(), 3, "an explicit figure is kept");
+}

@@ -281,6 +281,10 @@ pub struct SmtpCoreMetrics {
     pub spool_bytes: Cell64,
     /// This core's spool: messages with recipients not finished.
     pub spool_messages: Cell64,
+    /// This core's spool: batches written (group commits).
+    pub spool_batches: Cell64,
+    /// This core's spool: batches made durable (one O_DSYNC write or fdatasync each).
+    pub spool_syncs: Cell64,
 }
 
 impl SmtpCoreMetrics {
@@ -296,6 +300,8 @@ impl SmtpCoreMetrics {
             accept_latency: Histogram::new(&ACCEPT_BUCKETS),
             spool_bytes: Cell64::default(),
             spool_messages: Cell64::default(),
+            spool_batches: Cell64::default(),
+            spool_syncs: Cell64::default(),
         }
     }
 }
@@ -438,6 +444,14 @@ pub fn render(reg: &Registry, queue: &[DomainSummary]) -> String {
     w.samples("ringrelay_spool_bytes", &per_core(|c| &c.spool_bytes));
     w.family("ringrelay_spool_messages", "gauge", "Messages in the spool not yet finished, by SMTP core.");
     w.samples("ringrelay_spool_messages", &per_core(|c| &c.spool_messages));
+    w.family(
+        "ringrelay_spool_batches_total",
+        "counter",
+        "Spool batches written, by SMTP core: messages accepted / batches = group-commit size.",
+    );
+    w.samples("ringrelay_spool_batches_total", &per_core(|c| &c.spool_batches));
+    w.family("ringrelay_spool_syncs_total", "counter", "Spool batches made durable (one sync each), by SMTP core.");
+    w.samples("ringrelay_spool_syncs_total", &per_core(|c| &c.spool_syncs));
     render_delivery(&mut w, reg);
     render_queue(&mut w, queue);
     w.family(

@@ -50,7 +50,7 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
             per_core.push((bind, l));
         }
     }
-    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let core_ids = if shared.config.cores.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let (shutdown_tx, shutdown_rx) = watch::channel(smtp_core::RUNNING);
     let (drained_tx, drained_rx) = crossbeam_channel::unbounded();
     // Mailboxes: one inbox per core of each kind.
@@ -256,7 +256,8 @@ fn print_summary(
             c.receive_connectors.iter().filter(|rc| rc.bind.contains(bind)).map(|rc| rc.name.as_str()).collect();
         println!("listening on {bind} (connectors: {}) on {smtp_cores} SMTP cores", names.join(", "));
     }
-    println!("cores: {smtp_cores} SMTP, {delivery_cores} delivery");
+    let pinned = if c.cores.pin { "pinned" } else { "not pinned (cores.pin = false)" };
+    println!("cores: {smtp_cores} SMTP, {delivery_cores} delivery, {pinned}");
     println!("spool: {} (fsync = {:?})", c.spool.dir.display(), c.spool.fsync);
     if c.admin.enabled {
         println!("admin: http://{}/metrics", c.admin.listen);

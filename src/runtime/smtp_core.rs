@@ -258,6 +258,8 @@ async fn obs_tick(core: Rc<SmtpCore>) {
         let stats = core.spool.stats();
         core.obs.metrics.spool_bytes.set(stats.bytes);
         core.obs.metrics.spool_messages.set(stats.live_messages);
+        core.obs.metrics.spool_batches.set(stats.batches);
+        core.obs.metrics.spool_syncs.set(stats.syncs);
     }
 }
 
