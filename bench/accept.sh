@@ -5,7 +5,7 @@
 # acceptance is measured) against the no-relay ceiling (smtp-source -> smtp-sink), in the same
 # run, alternating, REPS times. Uses ../shared/bench (Postfix's smtp-source and smtp-sink).
 # Prints one line per run and the medians; relay CPU is user+sys of the ringrelay process.
-# Environment: FSYNC=batch|always|never (default batch), PIN=true|false (cores.pin, default true).
+# Environment: FSYNC=batch|always|never (default batch), PIN=true|false|auto (cores.pin, default auto).
 # Loopback only. Needs a release build: cargo build --release.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +22,7 @@ hostname = "bench.test"
 dir = "$work/spool"
 fsync = "${FSYNC:-batch}"
 [cores]
-pin = ${PIN:-true}
+pin = $(case "${PIN:-auto}" in true|false) echo "$PIN" ;; *) echo '"auto"' ;; esac)
 [admin]
 enabled = false
 [dns]

@@ -127,16 +127,59 @@ pub struct Cores {
     /// Delivery threads.
     #[serde(default = "one")]
     pub delivery: usize,
-    /// Extension: pin each core thread to a CPU (the thread-per-core design). Turn it off
-    /// where other busy processes share the CPUs (a load generator on the same machine, CPU
-    /// quotas): a pinned thread cannot move away from a busy CPU. See tuning.md.
-    #[serde(default = "yes")]
-    pub pin: bool,
+    /// Extension: pin each core thread to a CPU (the thread-per-core design): `true`, `false`,
+    /// or `"auto"` (default: pin on machines with 4 CPUs or more). A pinned thread cannot move
+    /// away from a CPU that another busy process uses (a load generator, agents, CPU quotas),
+    /// which on small machines costs more than pinning brings. See tuning.md.
+    #[serde(default)]
+    pub pin: Pin,
 }
 
 impl Default for Cores {
     fn default() -> Self {
-        Cores { smtp: 0, delivery: 1, pin: true }
+        Cores { smtp: 0, delivery: 1, pin: Pin::Auto }
+    }
+}
+
+/// `cores.pin`: `true`, `false` or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pin {
+    /// Pin on machines with at least `PIN_AUTO_CPUS_MIN` CPUs.
+    #[default]
+    Auto,
+    /// Always pin.
+    Yes,
+    /// Never pin.
+    No,
+}
+
+/// With `pin = "auto"`, machines with at least this many CPUs pin their core threads.
+pub const PIN_AUTO_CPUS_MIN: usize = 4;
+
+impl Serialize for Pin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Pin::Auto => s.serialize_str("auto"),
+            Pin::Yes => s.serialize_bool(true),
+            Pin::No => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Pin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Pin::Yes),
+            Raw::Bool(false) => Ok(Pin::No),
+            Raw::Text(t) if t == "auto" => Ok(Pin::Auto),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!("`{t}`: expected true, false or \"auto\""))),
+        }
     }
 }
 
@@ -658,6 +701,15 @@ impl Config {
         cpus.saturating_sub(self.cores.delivery).max(1)
     }
 
+    /// Whether core threads are pinned to CPUs (`cores.pin`, with `"auto"` resolved).
+    pub fn pin_cores(&self) -> bool {
+        match self.cores.pin {
+            Pin::Yes => true,
+            Pin::No => false,
+            Pin::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()) >= PIN_AUTO_CPUS_MIN,
+        }
+    }
+
     /// The address bounces come from.
     pub fn bounce_sender(&self) -> String {
         format!("{}@{}", self.delivery.bounce_from, self.hostname)
@@ -772,7 +824,7 @@ fn default_smtp_port() -> u16 {
     25
 }
 fn default_messages_per_connection() -> usize {
-    1000
+    10_000
 }
 fn default_idle_timeout() -> Dur {
     Dur::from_secs(30)

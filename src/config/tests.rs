@@ -190,3 +190,14 @@ fn smtp_cores_zero_leaves_the_delivery_cores_their_cpus() {
     c.cores.smtp = 3;
     assert_eq!(c.smtp_cores(), 3, "an explicit figure is kept");
 }
+
+#[test]
+fn pin_takes_true_false_or_auto() {
+    for (text, want) in [("true", Pin::Yes), ("false", Pin::No), ("\"auto\"", Pin::Auto)] {
+        let c = parse(&format!("{MINIMAL}\n[cores]\npin = {text}\n")).unwrap().config;
+        assert_eq!(c.cores.pin, want);
+        assert!(c.to_toml().contains(&format!("pin = {text}")), "{}", c.to_toml());
+    }
+    assert!(errors(&format!("{MINIMAL}\n[cores]\npin = \"sometimes\"\n")).contains("expected true, false or \"auto\""));
+    assert_eq!(parse(MINIMAL).unwrap().config.cores.pin, Pin::Auto);
+}

@@ -50,7 +50,8 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
             per_core.push((bind, l));
         }
     }
-    let core_ids = if shared.config.cores.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    let core_ids =
+        if shared.config.pin_cores() { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let (shutdown_tx, shutdown_rx) = watch::channel(smtp_core::RUNNING);
     let (drained_tx, drained_rx) = crossbeam_channel::unbounded();
     // Mailboxes: one inbox per core of each kind.
@@ -256,7 +257,11 @@ fn print_summary(
             c.receive_connectors.iter().filter(|rc| rc.bind.contains(bind)).map(|rc| rc.name.as_str()).collect();
         println!("listening on {bind} (connectors: {}) on {smtp_cores} SMTP cores", names.join(", "));
     }
-    let pinned = if c.cores.pin { "pinned" } else { "not pinned (cores.pin = false)" };
+    let pinned = match (c.pin_cores(), c.cores.pin) {
+        (true, _) => "pinned to CPUs",
+        (false, crate::config::Pin::Auto) => "not pinned (cores.pin = \"auto\": fewer than 4 CPUs)",
+        (false, _) => "not pinned (cores.pin = false)",
+    };
     println!("cores: {smtp_cores} SMTP, {delivery_cores} delivery, {pinned}");
     println!("spool: {} (fsync = {:?})", c.spool.dir.display(), c.spool.fsync);
     if c.admin.enabled {
