@@ -112,7 +112,11 @@ for rep in $(seq "$reps"); do
   export SMTP_SOURCE_OPTS=-d
   run direct-reuse $sink 50 1024
   for port in 10030 10032; do
-
+    p=$(start_relay $port)
+    run "ringrelay-reuse-$([ $port = 10030 ] && echo default || echo pinned)" $port 50 1024 "$p"
+    n=$(outbound $port)
+    echo "target=outbound-connections port=$port msgs=$msgs connections=$n per_1000=$(awk -v s="$n" -v n="$msgs" 'BEGIN{printf "%.2f", s*1000/n}')" | tee -a "$out"
+    stop_relay "$p"
   done
   unset SMTP_SOURCE_OPTS
 done
