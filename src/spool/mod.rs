@@ -16,7 +16,10 @@
 //!                   auth_user str? | connector str | helo str | rcpt_count u32 |
 //!                   rcpt_count × (address str | notify u8 | orcpt str?) | message_len u64 | message
 //!                   flags: 1 SMTPUTF8, 2 TLS, 4 BODY=8BITMIME, 8 RET=FULL, 16 RET=HDRS
+//!                   notify: 0 none given (FAILURE by default), else bits 1 NEVER, 2 SUCCESS,
+//!                   4 FAILURE, 8 DELAY
 //!                   str: len u32 then UTF-8 bytes; str?: len u32::MAX means absent
+//!                   len counts the payload only, not the 12-byte record header
 //! DONE (kind 2)    | queue_id u64 | count u32 | count × rcpt_index u32 |
 //! ```
 //!
@@ -34,8 +37,11 @@
 //! batch is being written the next one fills. `always` gives each message its own sync;
 //! `never` writes and acknowledges without syncing (benchmarks only). DONE records ride in the
 //! next batch and do not force a sync of their own: losing one means a duplicate delivery,
-//! never a lost message. A new segment's file and directory entry are synced before anything
-//! in it is acknowledged.
+//! never a lost message. But an O_DSYNC write makes only its own byte range durable, so the
+//! first batch that must be durable after an unsynced (DONE-only) write is written plainly and
+//! followed by an `fdatasync` of the whole file: whatever precedes an acknowledged record is
+//! always durable too, and a crash can only leave a torn *tail* (see below). A new segment's
+//! file and directory entry are synced before anything in it is acknowledged.
 //!
 //! # Crashes, and what recovery does
 //!

@@ -98,6 +98,38 @@ fn nothing_is_acknowledged_while_the_commit_is_held() {
     });
 }
 
+/// A power loss may zero any range that was written without a sync, and an O_DSYNC write
+/// makes only its own range durable. So a message batch that follows a DONE-only write (never
+/// synced) must sync the whole file, or a crash could leave a torn record *before* an
+/// acknowledged message, and recovery, which stops at the first torn record, would lose it.
+#[test]
+fn a_durable_batch_after_an_unsynced_one_syncs_the_whole_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    tokio_uring::start(async {
+        let (spool, _) = open(tmp.path(), 0, 64 << 20);
+        spool.append(&envelope(1, 2), b"x\r\n").await.unwrap();
+        spool.append(&envelope(2, 1), b"y\r\n").await.unwrap();
+        assert_eq!(spool.stats().file_syncs, 0, "nothing unsynced yet: range syncs suffice");
+        spool.record_finished(QueueId(1), &[0]);
+        // Let the writer write the DONE-only batch on its own, without a sync.
+        for _ in 0..100 {
+            if spool.stats().batches == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let st = spool.stats();
+        assert_eq!((st.batches, st.syncs), (3, 2), "the DONE-only batch is written unsynced: {st:?}");
+        spool.append(&envelope(3, 1), b"z\r\n").await.unwrap();
+        let st = spool.stats();
+        assert_eq!((st.syncs, st.file_syncs), (3, 1), "the next durable batch syncs the file: {st:?}");
+        spool.append(&envelope(4, 1), b"w\r\n").await.unwrap();
+        assert_eq!(spool.stats().file_syncs, 1, "then range syncs again");
+        spool.close().await;
+    });
+    assert_eq!(live_ids(tmp.path(), 0), [1, 2, 3, 4].into_iter().collect());
+}
+
 #[test]
 fn outcomes_delete_finished_segments_and_survive_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -113,7 +145,7 @@ fn outcomes_delete_finished_segments_and_survive_restart() {
                 spool.record_finished(QueueId(id), &[1]);
             }
         }
-        // One more message so the DONE records are written with a sync behind them.
+        // One more message, so the DONE records are written with a (whole-file) sync behind them.
         spool.append(&envelope(101, 1), b"x\r\n").await.unwrap();
         assert_eq!(spool.stats().live_messages, 2);
         spool.close().await;

@@ -72,6 +72,9 @@ pub struct SpoolStats {
     pub batches: u64,
     /// Syncs done.
     pub syncs: u64,
+    /// Of those, whole-file syncs (`fdatasync` after unsynced DONE-only writes) rather than
+    /// O_DSYNC range writes.
+    pub file_syncs: u64,
 }
 
 /// One core's spool. Cheap to clone (shared per-core state).
@@ -135,6 +138,11 @@ struct State {
     /// Current segment, for truncation after a failed write.
     writer_std: File,
     offset: u64,
+    /// Bytes of the current segment were written without a sync (a DONE-only batch). An
+    /// O_DSYNC write makes only its own range durable, so the next batch that must be durable
+    /// syncs the whole file instead: an acknowledged record never follows bytes that a crash
+    /// could turn into a torn record, which would make recovery stop before it.
+    unsynced: bool,
     live: HashMap<QueueId, Live>,
     batches: VecDeque<Batch>,
     spare_buffers: Vec<Vec<u8>>,
@@ -259,6 +267,7 @@ impl Spool {
             writer,
             writer_dsync,
             writer_std,
+            unsynced: false,
             offset,
             live,
             batches: VecDeque::new(),
@@ -427,24 +436,37 @@ impl Spool {
         }
         let Batch { no, bytes, messages, .. } = batch;
         let needs_sync = self.inner.opts.fsync != FsyncMode::Never && !messages.is_empty();
-        let (writer, base) = {
+        let (writer, base, sync_file) = {
             let st = self.inner.state.borrow();
-            let w = match (&st.writer_dsync, needs_sync) {
+            // After unsynced bytes, a range sync is not enough: write plainly, then sync the file.
+            let sync_file = needs_sync && st.unsynced;
+            let w = match (&st.writer_dsync, needs_sync && !sync_file) {
                 (Some(d), true) => Rc::clone(d),
                 _ => Rc::clone(&st.writer),
             };
-            (w, st.offset)
+            (w, st.offset, sync_file)
         };
         let len = bytes.len() as u64;
         // Through the O_DSYNC descriptor, the write returns once the data is durable.
-        let (result, bytes) = writer.write_all_at(bytes, base).await;
+        let (mut result, bytes) = writer.write_all_at(bytes, base).await;
+        if sync_file && result.is_ok() {
+            result = writer.sync_data().await;
+        }
         let mut st = self.inner.state.borrow_mut();
         st.stats.batches += 1;
         if needs_sync {
             st.stats.syncs += 1;
         }
+        if sync_file {
+            st.stats.file_syncs += 1;
+        }
         match result {
             Ok(()) => {
+                if needs_sync {
+                    st.unsynced = false;
+                } else if self.inner.opts.fsync != FsyncMode::Never {
+                    st.unsynced = true;
+                }
                 st.offset = base + len;
                 st.bytes_total += len;
                 let current = st.current;
@@ -459,6 +481,7 @@ impl Spool {
                 tracing::error!(core = self.inner.opts.core, error = %e, "spool write failed; the batch's messages are refused with 451");
                 // Cut what may have been written, so the next batch starts at a record boundary.
                 let _ = st.writer_std.set_len(base);
+                st.unsynced = self.inner.opts.fsync != FsyncMode::Never;
                 st.failed.push_back((no, e.to_string()));
                 if st.failed.len() > FAILED_KEEP {
                     st.failed.pop_front();
@@ -512,6 +535,7 @@ impl Spool {
         st.writer = Rc::new(uring);
         st.writer_dsync = dsync;
         st.writer_std = std;
+        st.unsynced = false;
         st.offset = SEGMENT_HEADER_BYTES as u64;
         st.bytes_total += SEGMENT_HEADER_BYTES as u64;
         Ok(())
