@@ -599,12 +599,16 @@ impl Session {
         out.action = Some(Action::Persist);
     }
 
-    /// Authenticated senders may only use their `send_as` addresses in the header From too
-    /// (every From field, every mailbox in it). Anonymous relay is not checked: it has no
+    /// Authenticated senders may only use their `send_as` addresses in the header From too:
+    /// at least one From mailbox, and every mailbox of every From field allowed. A message
+    /// without one, or whose From is not plain mailboxes (no address, an encoded word, two
+    /// addresses in one mailbox), is refused: a mail client could show it as anyone. `Sender:`
+    /// is not checked (README, "Authentication"). Anonymous relay is not checked: it has no
     /// identity to check against; its control is the connector's IP ranges.
     fn header_from_allowed(&self, host: &dyn Host) -> bool {
         let Some(user) = self.envelope.auth_user.as_deref() else { return true };
-        headers::from_addresses(&self.message).iter().all(|a| host.may_send_as(user, a))
+        headers::from_mailboxes(&self.message)
+            .is_some_and(|from| !from.is_empty() && from.iter().all(|a| host.may_send_as(user, a)))
     }
 
     fn starttls(&mut self, out: &mut Output) {
