@@ -673,13 +673,17 @@ impl Session {
     fn plain_response(&mut self, line: &[u8], out: &mut Output) {
         self.phase = Phase::Command;
         let decoded = std::str::from_utf8(line).ok().and_then(auth::decode_response);
-        match decoded.as_deref().and_then(auth::decode_plain) {
-            Some((user, pass)) => {
+        match decoded.as_deref().map(auth::decode_plain) {
+            Some(Ok((user, pass))) => {
                 self.auth_user = user;
                 self.auth_pass = pass;
                 out.action = Some(Action::Authenticate);
             }
-            None => self.reject(reply::AUTH_DECODE, out),
+            // Acting for another identity (RFC 4616 authzid) is not supported: the credentials
+            // do not authorise it, whatever the password. Nothing was checked, so nothing
+            // counts towards the lockout.
+            Some(Err(auth::PlainError::OtherIdentity)) => reply::AUTH_INVALID.write_to(&mut out.wire),
+            Some(Err(auth::PlainError::Malformed)) | None => self.reject(reply::AUTH_DECODE, out),
         }
     }
 
