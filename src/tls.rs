@@ -28,32 +28,78 @@ pub fn load_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String>
     reloadable_server_config(files).map(|(config, _)| config)
 }
 
-/// Reads and checks a connector's certificate chain and key.
+/// Reads and checks a connector's certificate chain and key. Every error names the file (or
+/// both) and says what to do; check-config and SIGHUP print it as is.
 fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, String> {
     let cert_path = files.cert.display();
     let key_path = files.key.display();
     let pem = std::fs::read(&files.cert).map_err(|e| {
         format!("cannot read certificate file {cert_path}: {e}; check the path and that ringrelay's user may read it")
     })?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{cert_path} is not valid PEM ({e}); expected -----BEGIN CERTIFICATE----- blocks"))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| {
+            format!(
+                "{cert_path} is not valid PEM ({e}); it must hold the certificate chain as -----BEGIN CERTIFICATE----- \
+                 blocks, leaf first: replace it with the PEM file your CA issued (fullchain.pem with certbot)"
+            )
+        })?;
     if chain.is_empty() {
+        let hint = if PrivateKeyDer::from_pem_slice(&pem).is_ok() {
+            " (it holds a private key: are cert and key swapped?)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "{cert_path} holds no certificate; expected -----BEGIN CERTIFICATE----- blocks, leaf first"
+            "{cert_path} holds no certificate{hint}; point tls.cert at the PEM certificate chain \
+             (-----BEGIN CERTIFICATE----- blocks, leaf first)"
         ));
     }
+    // Parse the leaf now: rustls would refuse it only at the first handshake.
+    rustls::server::ParsedCertificate::try_from(&chain[0]).map_err(|e| {
+        format!(
+            "the first certificate in {cert_path} cannot be parsed ({e}); it must be the server's own \
+             certificate in X.509 DER inside PEM: replace the file with the one your CA issued"
+        )
+    })?;
     let key_pem = std::fs::read(&files.key).map_err(|e| {
         format!("cannot read key file {key_path}: {e}; check the path and that ringrelay's user may read it")
     })?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        format!("{key_path} holds no usable private key ({e}); expected a PKCS#8, PKCS#1 (RSA) or SEC1 (EC) PEM key")
+        let hint = if CertificateDer::pem_slice_iter(&key_pem).next().is_some() {
+            "; it holds a certificate: are cert and key swapped?"
+        } else {
+            ""
+        };
+        format!(
+            "{key_path} holds no private key ({e}{hint}); point tls.key at the certificate's private key as a \
+             PEM file (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY)"
+        )
     })?;
-    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
-        format!("{cert_path} and {key_path} cannot be used together ({e}); is the key the certificate's own?")
+    let provider = provider();
+    let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+        format!(
+            "{key_path} holds a private key of a type ringrelay cannot use ({e}); use an RSA (2048 bits or \
+             more), ECDSA P-256/P-384 or Ed25519 key, e.g. `openssl genpkey -algorithm EC -pkeyopt \
+             ec_paramgen_curve:P-256`, and have the certificate issued for it"
+        )
     })?;
-    // Parses the leaf (rustls would refuse it at the first handshake otherwise).
-    certified.end_entity_cert().map_err(|e| format!("{cert_path}: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err(format!(
+                "the key in {key_path} does not belong to the certificate in {cert_path}; put the key the \
+                 certificate was issued for in tls.key (or the matching certificate in tls.cert), e.g. compare \
+                 `openssl x509 -noout -pubkey -in CERT` with `openssl pkey -pubout -in KEY`"
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "{cert_path} and {key_path} cannot be used together ({e}); check that tls.cert is the server's \
+                 certificate chain and tls.key its private key"
+            ));
+        }
+    }
     Ok(Arc::new(certified))
 }
 

@@ -1,8 +1,9 @@
 //! Relay rights follow the client's source address: the same RCPT to an external domain is
 //! relayed from 127.0.0.1 (a trusted relay = "any" connector) and refused with `550 5.7.54`
-//! from 127.0.0.2 and 127.0.0.3, whose connectors only take mail for accepted domains; mail to
-//! an accepted domain works only where some connector allows that source, and a source no
-//! connector on that port allows gets `554 5.7.1` instead of the greeting.
+//! from 127.0.0.2 and 127.0.0.3, whose connectors only take mail for accepted domains (exact,
+//! or `*.` for every subdomain); mail to an accepted domain works only where some connector
+//! allows that source, and a source no connector on that port allows gets `554 5.7.1` instead
+//! of the greeting.
 
 mod common;
 mod tls_support;
@@ -14,7 +15,7 @@ use tls_support::{SmtpClient, free_port_on};
 
 const CONFIG: &str = r#"
 hostname = "relay.test"
-accepted_domains = ["corp.test"]
+accepted_domains = ["corp.test", "*.branch.test"]
 [spool]
 dir = "{spool}"
 [admin]
@@ -78,6 +79,17 @@ fn relay_rights_follow_the_source_address() {
     c.cmd("RSET");
     let r = c.send_mail("dev@corp.test", &["ops@corp.test"], body);
     assert_eq!(r.code, 250, "{r:?}");
+    // `*.branch.test`: every subdomain of branch.test, at any depth, and nothing else.
+    assert_eq!(c.cmd("MAIL FROM:<dev@corp.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<ops@paris.branch.test>").code, 250, "a subdomain");
+    assert_eq!(c.cmd("RCPT TO:<ops@lab.Lyon.BRANCH.test>").code, 250, "any depth, any case");
+    let denied = "550 5.7.54 Unable to relay recipient in non-accepted domain";
+    assert_eq!(c.cmd("RCPT TO:<ops@branch.test>").line(), denied, "not the domain itself");
+    assert_eq!(c.cmd("RCPT TO:<ops@evilbranch.test>").line(), denied, "not a look-alike");
+    assert_eq!(c.cmd("RCPT TO:<ops@paris.branch.test.evil.test>").line(), denied, "not a suffix trick");
+    c.cmd("RSET");
+    let r = c.send_mail("dev@corp.test", &["ops@paris.branch.test"], body);
+    assert_eq!(r.code, 250, "{r:?}");
 
     // 127.0.0.3 is allowed only on the lab port.
     let mut c = SmtpClient::connect(main, Some(ip("127.0.0.3")));
@@ -96,7 +108,7 @@ fn relay_rights_follow_the_source_address() {
     assert_eq!(c.reply().code, 554);
     assert!(c.is_closed());
 
-    // What was stored: two messages from .1 (one external), one from .2; nothing else.
+    // What was stored: two messages from .1 (one external), two from .2; nothing else.
     let stored = spool_messages(&relay.spool());
     let mut by_connector: Vec<(String, String, Vec<String>)> = stored
         .values()
@@ -109,6 +121,7 @@ fn relay_rights_follow_the_source_address() {
         by_connector,
         vec![
             ("internal-only".into(), "127.0.0.2".into(), vec!["ops@corp.test".into()]),
+            ("internal-only".into(), "127.0.0.2".into(), vec!["ops@paris.branch.test".into()]),
             ("trusted-app".into(), "127.0.0.1".into(), vec!["ops@corp.test".into()]),
             ("trusted-app".into(), "127.0.0.1".into(), vec!["someone@external.test".into()]),
         ]

@@ -201,3 +201,27 @@ fn pin_takes_true_false_or_auto() {
     assert!(errors(&format!("{MINIMAL}\n[cores]\npin = \"sometimes\"\n")).contains("expected true, false or \"auto\""));
     assert_eq!(parse(MINIMAL).unwrap().config.cores.pin, Pin::Auto);
 }
+
+#[test]
+fn accepted_domains_star_is_refused_and_public_suffix_wildcards_warn() {
+    let e = errors(&format!("accepted_domains = [\"corp.test\", \"*\"]\n{MINIMAL}"));
+    assert!(e.contains("accepted_domains[1]: `*` accepts every domain"), "{e}");
+    assert!(e.contains("open relay") && e.contains("relay = \"any\""), "{e}");
+    for (suffix, warned) in
+        [("com", true), ("co.uk", true), ("com.au", true), ("example.test", false), ("corp.co.uk", false)]
+    {
+        let l = parse(&format!("accepted_domains = [\"*.{suffix}\"]\n{MINIMAL}")).unwrap();
+        let w = l.warnings.iter().find(|w| w.key == "accepted_domains[0]");
+        assert_eq!(w.is_some(), warned, "*.{suffix}: {:?}", l.warnings);
+        if let Some(w) = w {
+            assert!(w.message.contains(&format!("public suffix `{suffix}`")), "{w:?}");
+        }
+    }
+}
+
+#[test]
+fn require_tls_without_a_certificate_is_refused() {
+    let e = errors(&MINIMAL.replace("relay = \"any\"", "relay = \"any\"\nrequire_tls = true"));
+    assert!(e.contains("receive_connector[0].require_tls: is true but the connector has no tls"), "{e}");
+    parse(&MINIMAL.replace("relay = \"any\"", "relay = \"any\"\nrequire_tls = false")).unwrap();
+}

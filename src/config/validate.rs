@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
-use super::{Config, OutboundTls, Problem};
+use super::{Config, DomainPattern, OutboundTls, Problem};
 
 /// Errors refuse the configuration; warnings are printed.
 #[derive(Debug, Default)]
@@ -94,6 +94,49 @@ fn general(c: &Config, r: &mut Report) {
     if c.receive_connectors.is_empty() {
         r.error("receive_connector", "no [[receive_connector]]: nothing would listen. Add one (see README)");
     }
+    accepted_domains(c, r);
+}
+
+/// `accepted_domains` are the domains anyone allowed on a connector may send to: `*` there
+/// would make every `relay = "accepted"` connector relay anywhere (an anonymous one reachable
+/// from everywhere is then an open relay that the open-relay check cannot see).
+fn accepted_domains(c: &Config, r: &mut Report) {
+    for (i, pattern) in c.accepted_domains.iter().enumerate() {
+        let key = format!("accepted_domains[{i}]");
+        match pattern {
+            DomainPattern::Any => r.error(
+                key,
+                "`*` accepts every domain as one of ours: every connector with relay = \"accepted\" would relay to \
+                 any domain, and an anonymous one would be an open relay. List your own domains (e.g. \
+                 [\"example.test\", \"*.example.test\"]); for clients that must send anywhere, use relay = \"any\" on \
+                 a connector whose remote_ip_ranges hold only those clients",
+            ),
+            DomainPattern::Subdomains(parent) if is_public_suffix_like(parent) => r.warn(
+                key,
+                format!(
+                    "`*.{parent}` accepts every domain under the public suffix `{parent}` (other people's \
+                     domains), so relay = \"accepted\" connectors relay to all of them; list your own domains \
+                     instead (e.g. \"*.example.{parent}\")"
+                ),
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// A cheap public-suffix test, without the Public Suffix List: a single label (`com`, `test`),
+/// or a two-letter country code under one of the usual second-level labels (`co.uk`,
+/// `com.au`, `ac.jp`, `gov.br`...). Misses some, never flags a registrable domain of two
+/// labels except such `co.uk`-shaped ones.
+fn is_public_suffix_like(domain: &str) -> bool {
+    const SECOND_LEVEL: &[&str] = &[
+        "ac", "co", "com", "edu", "go", "gob", "gov", "gv", "ltd", "me", "mil", "ne", "net", "nic", "or", "org", "plc",
+    ];
+    match domain.split('.').collect::<Vec<_>>().as_slice() {
+        [_] => true,
+        [second, cc] => cc.len() == 2 && cc.bytes().all(|b| b.is_ascii_alphabetic()) && SECOND_LEVEL.contains(second),
+        _ => false,
+    }
 }
 
 fn users(c: &Config, r: &mut Report) {
@@ -166,6 +209,17 @@ fn receive_connectors(c: &Config, r: &mut Report) {
         }
         if rc.implicit_tls && rc.tls.is_none() {
             r.error(format!("{key}.implicit_tls"), "needs tls = { cert = \"...\", key = \"...\" }");
+        }
+        // With the "users" group, the missing tls is refused below (require_tls defaults to
+        // true there); an anonymous connector asking for TLS without a certificate would
+        // otherwise run without TLS and without requiring it.
+        if rc.require_tls() && rc.tls.is_none() && !rc.users() {
+            r.error(
+                format!("{key}.require_tls"),
+                "is true but the connector has no tls: without a certificate STARTTLS cannot be offered, and mail \
+                 would be taken in clear after all. Add tls = { cert = \"/etc/ringrelay/cert.pem\", key = \"/etc/ringrelay/key.pem\" }, or remove \
+                 require_tls",
+            );
         }
         if let Some(files) = &rc.tls
             && let Err(why) = crate::tls::load_server_config(files)

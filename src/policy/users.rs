@@ -5,17 +5,23 @@
 use std::collections::HashMap;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::{Argon2, PasswordHash};
+use argon2::{Algorithm, Argon2, Params, PasswordHash};
 
 use crate::config::{Config, SendAs};
 
-/// Checks that `phc` is an argon2 PHC string; the error says what is wrong.
+/// Checks that `phc` is an argon2id PHC string with usable parameters; the error says what is
+/// wrong. argon2i and argon2d are refused: argon2id is the variant RFC 9106 recommends (it
+/// resists both side-channel and GPU attacks), and the one `ringrelay hash-password` makes.
 pub fn check_hash(phc: &str) -> Result<(), String> {
     let parsed = PasswordHash::new(phc).map_err(|e| format!("not a PHC password hash ({e})"))?;
     let alg = parsed.algorithm.as_str();
-    if !alg.starts_with("argon2") {
-        return Err(format!("algorithm `{alg}` is not supported; use argon2id"));
+    if parsed.algorithm != Algorithm::Argon2id.ident() {
+        return Err(format!(
+            "algorithm `{alg}` is not accepted, only argon2id (a `$argon2id$...` string; argon2i and argon2d \
+             are weaker variants)"
+        ));
     }
+    Params::try_from(&parsed).map_err(|e| format!("argon2id parameters are not usable ({e})"))?;
     Ok(())
 }
 
@@ -24,11 +30,14 @@ pub fn hash_password(password: &[u8]) -> Result<String, String> {
     Argon2::default().hash_password(password).map(|h| h.to_string()).map_err(|e| format!("hashing failed: {e}"))
 }
 
-/// Checks a password against a PHC string. Slow by design: call it off the I/O cores.
+/// Checks a password against a PHC string. Slow by design: call it off the I/O cores. Only
+/// argon2id hashes ever match (check-config refuses the others; this holds without it too).
 pub fn verify(password: &[u8], phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
-        Err(_) => false,
+        Ok(parsed) if parsed.algorithm == Algorithm::Argon2id.ident() => {
+            Argon2::default().verify_password(password, &parsed).is_ok()
+        }
+        _ => false,
     }
 }
 
@@ -96,5 +105,29 @@ mod tests {
         assert!(!verify(b"wrong", &phc));
         assert!(check_hash("plaintext").is_err());
         assert!(check_hash(DUMMY_HASH).is_ok());
+    }
+
+    /// The same password hashed with another argon2 variant (cheap parameters).
+    fn hash_with(alg: Algorithm, password: &[u8]) -> String {
+        let params = Params::new(8192, 1, 1, None).unwrap();
+        Argon2::new(alg, argon2::Version::V0x13, params).hash_password(password).unwrap().to_string()
+    }
+
+    #[test]
+    fn only_argon2id_is_accepted() {
+        for (alg, name) in [(Algorithm::Argon2i, "argon2i"), (Algorithm::Argon2d, "argon2d")] {
+            let phc = hash_with(alg, b"secret");
+            assert!(phc.starts_with(&format!("${name}$")), "{phc}");
+            let e = check_hash(&phc).unwrap_err();
+            assert!(e.contains(&format!("`{name}`")) && e.contains("only argon2id"), "{e}");
+            assert!(!verify(b"secret", &phc), "{name} never matches, even with the right password");
+        }
+        let id = hash_with(Algorithm::Argon2id, b"secret");
+        check_hash(&id).unwrap();
+        assert!(verify(b"secret", &id));
+        let e =
+            check_hash("$argon2id$v=19$m=1,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$4X3kMpYv0xV1lH6n3j0lGmCkq8YQ1r3u0bN2x3oWq7Y")
+                .unwrap_err();
+        assert!(e.contains("parameters"), "{e}");
     }
 }

@@ -36,20 +36,33 @@ pub fn decode_response(text: &str) -> Option<Vec<u8>> {
     STANDARD.decode(text.trim_end()).ok()
 }
 
-/// Decodes a PLAIN message into (user, password). An authorization identity other than the
-/// user itself is refused: ringrelay does not let one account act for another.
-pub fn decode_plain(message: &[u8]) -> Option<(String, String)> {
+/// Why a PLAIN message was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainError {
+    /// Not `authzid NUL authcid NUL password` in UTF-8, or no user name: `501 5.5.2`.
+    Malformed,
+    /// An authorization identity other than the user itself (proxy authorization, RFC 4616
+    /// 2), which ringrelay does not support: one account may not act for another. The
+    /// answer is `535 5.7.8`, as for bad credentials.
+    OtherIdentity,
+}
+
+/// Decodes a PLAIN message into (user, password). An empty authorization identity, or one
+/// equal to the user, means the user itself.
+pub fn decode_plain(message: &[u8]) -> Result<(String, String), PlainError> {
     let mut parts = message.split(|&b| b == 0);
-    let authzid = parts.next()?;
-    let user = parts.next()?;
-    let pass = parts.next()?;
-    if parts.next().is_some() || user.is_empty() {
-        return None;
+    let (Some(authzid), Some(user), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(PlainError::Malformed);
+    };
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| PlainError::Malformed);
+    let (authzid, user, pass) = (text(authzid)?, text(user)?, text(pass)?);
+    if user.is_empty() {
+        return Err(PlainError::Malformed);
     }
     if !authzid.is_empty() && authzid != user {
-        return None;
+        return Err(PlainError::OtherIdentity);
     }
-    Some((String::from_utf8(user.to_vec()).ok()?, String::from_utf8(pass.to_vec()).ok()?))
+    Ok((user, pass))
 }
 
 /// Encodes text as base64 (test clients, the outbound client).
@@ -63,14 +76,16 @@ mod tests {
 
     #[test]
     fn plain_messages() {
-        assert_eq!(decode_plain(b"\0user\0pw"), Some(("user".into(), "pw".into())));
-        assert_eq!(decode_plain(b"user\0user\0pw"), Some(("user".into(), "pw".into())));
-        assert_eq!(decode_plain(b"other\0user\0pw"), None);
-        assert_eq!(decode_plain(b"\0user"), None);
-        assert_eq!(decode_plain(b"\0\0pw"), None);
-        assert_eq!(decode_plain(b"\0u\0p\0x"), None);
+        assert_eq!(decode_plain(b"\0user\0pw"), Ok(("user".into(), "pw".into())));
+        assert_eq!(decode_plain(b"user\0user\0pw"), Ok(("user".into(), "pw".into())), "authzid = authcid");
+        assert_eq!(decode_plain(b"other\0user\0pw"), Err(PlainError::OtherIdentity));
+        assert_eq!(decode_plain(b"User\0user\0pw"), Err(PlainError::OtherIdentity), "identities are exact");
+        assert_eq!(decode_plain(b"\0user"), Err(PlainError::Malformed));
+        assert_eq!(decode_plain(b"\0\0pw"), Err(PlainError::Malformed));
+        assert_eq!(decode_plain(b"\0u\0p\0x"), Err(PlainError::Malformed));
+        assert_eq!(decode_plain(b"\0u\0\xff"), Err(PlainError::Malformed));
         let b64 = encode(b"\0svc\0secret");
-        assert_eq!(decode_plain(&decode_response(&b64).unwrap()), Some(("svc".into(), "secret".into())));
+        assert_eq!(decode_plain(&decode_response(&b64).unwrap()), Ok(("svc".into(), "secret".into())));
         assert_eq!(decode_response("=").unwrap(), b"");
         assert_eq!(decode_response("!!!"), None);
     }

@@ -49,23 +49,31 @@ pub fn header_value(message: &[u8], wanted: &str) -> Option<String> {
 }
 
 /// The mailbox addresses of every `From:` field (RFC 5322 3.6.2 allows a list, and a message
-/// with two From fields is malformed but must not slip through), lowercased domain intact.
-/// Display names, comments and quoted strings are skipped; `Name <a@b>` and bare `a@b` and
-/// group syntax are understood.
-pub fn from_addresses(message: &[u8]) -> Vec<String> {
+/// with two From fields is malformed but must not slip through), for the send-as check.
+/// Display names, comments and quoted strings are skipped; `Name <a@b>`, bare `a@b`, obsolete
+/// routes (`<@relay:a@b>`) and group syntax (RFC 6854) are understood; empty groups
+/// (`undisclosed-recipients:;`) contribute no mailbox.
+///
+/// `None` when some element of a From field is not one readable mailbox: no `@` (`From: boss`,
+/// an encoded word), two addresses in one mailbox (`<a@b> <c@d>`, `a@b c@d`), text after the
+/// `>`, an unquoted `@` in the display name, an empty `<>`. A mail client may display such a
+/// field as anything, so the check must not pass it.
+pub fn from_mailboxes(message: &[u8]) -> Option<Vec<String>> {
     let mut out = Vec::new();
+    let mut readable = true;
     for_each_header(message, |name, value| {
         if name.eq_ignore_ascii_case(b"From") {
-            parse_mailbox_list(&String::from_utf8_lossy(value), &mut out);
+            readable = parse_mailbox_list(&String::from_utf8_lossy(value), &mut out);
         }
-        true
+        readable
     });
-    out
+    readable.then_some(out)
 }
 
-/// Splits an address list at top-level commas (and group-ending semicolons) and takes each
+/// Splits an address list at top-level commas (and group-ending semicolons) and pushes each
 /// mailbox's address: the `<...>` part when there is one, else the whole (comment-free) text.
-fn parse_mailbox_list(value: &str, out: &mut Vec<String>) {
+/// False as soon as an element is not exactly one mailbox.
+fn parse_mailbox_list(value: &str, out: &mut Vec<String>) -> bool {
     for segment in split_top_level(value) {
         let segment = strip_comments(&segment);
         // `group-name: a@b, c@d;`: the group name ends at a top-level colon.
@@ -73,17 +81,56 @@ fn parse_mailbox_list(value: &str, out: &mut Vec<String>) {
             Some(i) => segment[i + 1..].to_string(),
             None => segment,
         };
-        let address = match find_top_level(&segment, '<') {
-            Some(i) => {
-                let rest = &segment[i + 1..];
-                rest[..rest.find('>').unwrap_or(rest.len())].trim().to_string()
-            }
-            None => segment.trim().to_string(),
-        };
-        if address.contains('@') {
-            out.push(address);
+        if segment.trim().is_empty() {
+            continue; // an empty group, or an empty list element (RFC 5322 4.4 obs-mbox-list)
+        }
+        match mailbox_address(&segment) {
+            Some(address) => out.push(address),
+            None => return false,
         }
     }
+    true
+}
+
+/// The address of one comment-free mailbox: `display name <addr>` or a bare `addr`.
+fn mailbox_address(segment: &str) -> Option<String> {
+    let opens = count_top_level(segment, |c| c == '<');
+    let address = match (opens, find_top_level(segment, '<')) {
+        (0, _) => segment.trim(),
+        (1, Some(i)) => {
+            let (phrase, rest) = (&segment[..i], &segment[i + 1..]);
+            let close = rest.find('>')?;
+            // Anything after the angle-addr, or a bare `@` in the display name, is not a
+            // mailbox: `<smb1@corp.test> ceo@corp.test` must not pass as smb1.
+            if !rest[close + 1..].trim().is_empty() || count_top_level(phrase, |c| c == '@' || c == '>') > 0 {
+                return None;
+            }
+            let inner = rest[..close].trim();
+            // Obsolete route (RFC 5322 4.4): `@relay1,@relay2:local@domain`.
+            match inner.strip_prefix('@').and_then(|r| r.split_once(':')) {
+                Some((_, addr)) => addr.trim(),
+                None => inner,
+            }
+        }
+        _ => return None,
+    };
+    // One addr-spec: an `@`, and no whitespace or angle brackets outside quoted strings.
+    let malformed = count_top_level(address, |c| c.is_whitespace() || c == '<' || c == '>') > 0;
+    if malformed || !address.contains('@') || address.starts_with('@') || address.ends_with('@') {
+        return None;
+    }
+    Some(address.to_string())
+}
+
+/// How many top-level characters of `text` satisfy `f` (outside quotes, comments, brackets).
+fn count_top_level(text: &str, f: impl Fn(char) -> bool) -> usize {
+    let mut n = 0;
+    walk(text, |_, c, top| {
+        if top && f(c) {
+            n += 1;
+        }
+    });
+    n
 }
 
 /// Walks `text` and calls `f(index, char, top_level)`, where top-level means outside quoted
@@ -177,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn from_addresses_in_their_many_forms() {
+    fn from_mailboxes_in_their_many_forms() {
         let cases: &[(&str, &[&str])] = &[
             ("From: a@example.test\r\n\r\n", &["a@example.test"]),
             ("From: Alice <a@example.test>\r\n\r\n", &["a@example.test"]),
@@ -186,12 +233,41 @@ mod tests {
             ("From: A <a@x.test>, B <b@y.test>\r\n\r\n", &["a@x.test", "b@y.test"]),
             ("From: team: a@x.test, b@y.test;\r\n\r\n", &["a@x.test", "b@y.test"]),
             ("From: Alice\r\n <a@example.test>\r\n\r\n", &["a@example.test"]),
+            ("FROM:\r\n\ta@x.test,\r\n b@y.test\r\n\r\n", &["a@x.test", "b@y.test"]),
             ("From: a@x.test\r\nFrom: evil@y.test\r\n\r\n", &["a@x.test", "evil@y.test"]),
-            ("From: <a@x.test> trailing words\r\n\r\n", &["a@x.test"]),
+            ("From: <@relay.test:a@x.test>\r\n\r\n", &["a@x.test"]),
+            ("From: =?utf-8?q?Caf=C3=A9?= <a@x.test>\r\n\r\n", &["a@x.test"]),
+            ("From: a@x.test,, b@y.test\r\n\r\n", &["a@x.test", "b@y.test"]),
+            // No From mailbox at all: nothing to check against, so the caller refuses.
             ("Subject: none\r\n\r\n", &[]),
+            ("From: undisclosed-recipients:;\r\n\r\n", &[]),
+            ("From:\r\n\r\n", &[]),
         ];
         for (msg, want) in cases {
-            assert_eq!(from_addresses(msg.as_bytes()), *want, "{msg:?}");
+            let want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
+            assert_eq!(from_mailboxes(msg.as_bytes()), Some(want), "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn from_fields_that_are_not_mailboxes_are_unreadable() {
+        for msg in [
+            "From: boss\r\n\r\n",
+            "From: =?utf-8?q?ceo=40corp.test?=\r\n\r\n",
+            "From: <smb1@corp.test> <ceo@corp.test>\r\n\r\n",
+            "From: Boss <smb1@corp.test> <ceo@corp.test>\r\n\r\n",
+            "From: <smb1@corp.test> ceo@corp.test\r\n\r\n",
+            "From: <a@x.test> trailing words\r\n\r\n",
+            "From: smb1@corp.test ceo@corp.test\r\n\r\n",
+            "From: ceo@corp.test <smb1@corp.test>\r\n\r\n",
+            "From: <smb1@corp.test\r\n\r\n",
+            "From: <>\r\n\r\n",
+            "From: @corp.test\r\n\r\n",
+            "From: a@x.test, boss\r\n\r\n",
+            "From: a@x.test\r\nFrom: boss\r\n\r\n",
+            "From: <smb1@corp.test\r\n <ceo@corp.test>>\r\n\r\n",
+        ] {
+            assert_eq!(from_mailboxes(msg.as_bytes()), None, "{msg:?}");
         }
     }
 }

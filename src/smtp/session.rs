@@ -599,12 +599,16 @@ impl Session {
         out.action = Some(Action::Persist);
     }
 
-    /// Authenticated senders may only use their `send_as` addresses in the header From too
-    /// (every From field, every mailbox in it). Anonymous relay is not checked: it has no
+    /// Authenticated senders may only use their `send_as` addresses in the header From too:
+    /// at least one From mailbox, and every mailbox of every From field allowed. A message
+    /// without one, or whose From is not plain mailboxes (no address, an encoded word, two
+    /// addresses in one mailbox), is refused: a mail client could show it as anyone. `Sender:`
+    /// is not checked (README, "Authentication"). Anonymous relay is not checked: it has no
     /// identity to check against; its control is the connector's IP ranges.
     fn header_from_allowed(&self, host: &dyn Host) -> bool {
         let Some(user) = self.envelope.auth_user.as_deref() else { return true };
-        headers::from_addresses(&self.message).iter().all(|a| host.may_send_as(user, a))
+        headers::from_mailboxes(&self.message)
+            .is_some_and(|from| !from.is_empty() && from.iter().all(|a| host.may_send_as(user, a)))
     }
 
     fn starttls(&mut self, out: &mut Output) {
@@ -669,13 +673,17 @@ impl Session {
     fn plain_response(&mut self, line: &[u8], out: &mut Output) {
         self.phase = Phase::Command;
         let decoded = std::str::from_utf8(line).ok().and_then(auth::decode_response);
-        match decoded.as_deref().and_then(auth::decode_plain) {
-            Some((user, pass)) => {
+        match decoded.as_deref().map(auth::decode_plain) {
+            Some(Ok((user, pass))) => {
                 self.auth_user = user;
                 self.auth_pass = pass;
                 out.action = Some(Action::Authenticate);
             }
-            None => self.reject(reply::AUTH_DECODE, out),
+            // Acting for another identity (RFC 4616 authzid) is not supported: the credentials
+            // do not authorise it, whatever the password. Nothing was checked, so nothing
+            // counts towards the lockout.
+            Some(Err(auth::PlainError::OtherIdentity)) => reply::AUTH_INVALID.write_to(&mut out.wire),
+            Some(Err(auth::PlainError::Malformed)) | None => self.reject(reply::AUTH_DECODE, out),
         }
     }
 

@@ -443,3 +443,63 @@ fn run_split(convo: &[u8], cut: usize) -> (String, Vec<u8>) {
     }
     (all, h.s.message().to_vec())
 }
+
+#[test]
+fn auth_plain_for_another_identity_gets_535_not_501() {
+    let mut h = Harness::with_tls(auth_config(), true);
+    h.text("EHLO c\r\n");
+    let other = auth::encode(b"ceo\0svc\0pw");
+    assert_eq!(h.text(&format!("AUTH PLAIN {other}\r\n")), "535 5.7.8 Authentication credentials invalid\r\n");
+    assert_eq!(h.s.auth_user(), None);
+    // Without an initial response too; the session goes on, and the same identity is fine.
+    assert_eq!(h.text("AUTH PLAIN\r\n"), "334 \r\n");
+    assert_eq!(h.text(&format!("{other}\r\n")), "535 5.7.8 Authentication credentials invalid\r\n");
+    assert!(!h.s.in_sasl_exchange());
+    let (t, a) = h.send(format!("AUTH PLAIN {}\r\n", auth::encode(b"svc\0svc\0pw")).as_bytes());
+    assert_eq!((t.as_str(), a), ("", Some(Action::Authenticate)));
+    assert_eq!(h.s.credentials(), ("svc", "pw"));
+    assert_eq!(authenticate(&mut h, true), "235 2.7.0 Authentication successful\r\n");
+}
+
+#[test]
+fn star_cancels_auth_plain() {
+    let mut h = Harness::with_tls(auth_config(), true);
+    h.text("EHLO c\r\n");
+    assert_eq!(h.text("AUTH PLAIN\r\n"), "334 \r\n");
+    assert!(h.s.in_sasl_exchange());
+    assert!(h.text("*\r\n").starts_with("501 5.7.0"));
+    assert!(!h.s.in_sasl_exchange());
+    // The next line is a command again, not a SASL response.
+    assert!(h.text("NOOP\r\n").starts_with("250"));
+    let (_, a) = h.send(format!("AUTH PLAIN {}\r\n", auth::encode(b"\0svc\0pw")).as_bytes());
+    assert_eq!(a, Some(Action::Authenticate));
+}
+
+/// An authenticated session with a transaction open and DATA started; `body` is sent, and
+/// the reply (or `Persist`) comes back.
+fn header_from_verdict(body: &str) -> (String, Option<Action>) {
+    let mut h = Harness::with_tls(auth_config(), true);
+    h.host.send_as = vec![("svc", "smb1@corp.test")];
+    h.text("EHLO c\r\n");
+    h.send(format!("AUTH PLAIN {}\r\n", auth::encode(b"\0svc\0pw")).as_bytes());
+    authenticate(&mut h, true);
+    h.text("MAIL FROM:<smb1@corp.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    h.send(body.as_bytes())
+}
+
+#[test]
+fn header_from_must_name_an_allowed_mailbox() {
+    let denied = "550 5.7.60 Client does not have permissions to send as this sender\r\n";
+    for body in [
+        "Subject: no From at all\r\n\r\nx\r\n.\r\n",
+        "From: boss\r\n\r\nx\r\n.\r\n",
+        "From: undisclosed-recipients:;\r\n\r\nx\r\n.\r\n",
+        "From: =?utf-8?q?ceo=40corp.test?=\r\n\r\nx\r\n.\r\n",
+        "From: <smb1@corp.test> <ceo@corp.test>\r\n\r\nx\r\n.\r\n",
+        "From: Scanner\r\n <ceo@corp.test>\r\n\r\nx\r\n.\r\n",
+    ] {
+        assert_eq!(header_from_verdict(body), (denied.to_string(), None), "{body:?}");
+    }
+    let (t, a) = header_from_verdict("From: Scanner\r\n <smb1@corp.test>\r\n\r\nx\r\n.\r\n");
+    assert_eq!((t.as_str(), a), ("", Some(Action::Persist)));
+}
