@@ -94,31 +94,15 @@ fn port_in_use_is_a_clear_start_up_error() {
     assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")) && err.contains("another program"), "{err}");
 }
 
-/// fsync = never and a tracking file size below the minimum: two startup warnings.
-const RISKY_CONFIG: &str = r#"
-hostname = "relay.test"
-[spool]
-dir = "{spool}"
-fsync = "never"
-[admin]
-listen = "127.0.0.1:{admin}"
-[tracking]
-max_file_size = "1KiB"
-[cores]
-smtp = 1
-[dns]
-nameservers = ["127.0.0.1:{nodns}"]
-[[receive_connector]]
-name = "loopback"
-bind = ["127.0.0.1:{port}"]
-remote_ip_ranges = ["127.0.0.1/32"]
-permission_groups = ["anonymous"]
-relay = "any"
-[[send_connector]]
-name = "nowhere"
-domains = ["*"]
-smart_hosts = ["127.0.0.1:{sink}"]
-"#;
+/// The default test configuration with fsync = never and a tracking file size below the
+/// minimum: two startup warnings.
+fn risky_config() -> String {
+    let spool = "dir = \"{spool}\"\n";
+    assert!(common::DEFAULT_CONFIG.contains(spool));
+    let text = common::DEFAULT_CONFIG.replace(spool, &format!("{spool}fsync = \"never\"\n"));
+    // A table after the last [[send_connector]] is a top-level table again.
+    format!("{text}[tracking]\nmax_file_size = \"1KiB\"\n")
+}
 
 /// Runs `serve` on `cfg` until "ringrelay ready", then SIGTERM: every line it wrote.
 fn serve_until_ready_then_stop(cfg: &common::ops::ConfigFile, args: &[&str]) -> Vec<common::ops::Line> {
@@ -135,7 +119,7 @@ fn serve_until_ready_then_stop(cfg: &common::ops::ConfigFile, args: &[&str]) -> 
 
 #[test]
 fn log_json_makes_the_startup_summary_structured_events() {
-    let cfg = common::ops::ConfigFile::new(RISKY_CONFIG);
+    let cfg = common::ops::ConfigFile::new(&risky_config());
     let lines = serve_until_ready_then_stop(&cfg, &["--log-json"]);
     let stdout: Vec<&String> = lines.iter().filter(|(err, _)| !err).map(|(_, l)| l).collect();
     assert!(stdout.is_empty(), "nothing but JSON, and on the log: stdout had {stdout:?}");
@@ -172,13 +156,13 @@ fn log_json_makes_the_startup_summary_structured_events() {
 
 #[test]
 fn text_mode_prints_the_summary_and_its_warnings_on_stdout() {
-    let cfg = common::ops::ConfigFile::new(RISKY_CONFIG);
+    let cfg = common::ops::ConfigFile::new(&risky_config());
     let lines = serve_until_ready_then_stop(&cfg, &[]);
     let stdout: Vec<&str> = lines.iter().filter(|(err, _)| !err).map(|(_, l)| l.as_str()).collect();
     let text = stdout.join("\n");
-    let listen = format!("listening on 127.0.0.1:{} (connectors: loopback) on 1 SMTP cores", cfg.port);
+    let listen = format!("listening on 127.0.0.1:{} (connectors: loopback) on 2 SMTP cores", cfg.port);
     assert!(stdout.contains(&listen.as_str()), "{text}");
-    assert!(stdout.iter().any(|l| l.starts_with("cores: 1 SMTP, 1 delivery, ")), "{text}");
+    assert!(stdout.iter().any(|l| l.starts_with("cores: 2 SMTP, 1 delivery, ")), "{text}");
     assert!(text.contains("(fsync = \"never\")"), "{text}");
     assert!(text.contains("WARNING: spool.fsync: \"never\" acknowledges messages"), "{text}");
     assert!(text.contains("WARNING: tracking.max_file_size: 1024 bytes is below the 4096-byte minimum"), "{text}");
