@@ -110,14 +110,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
-            let loaded = match load(config.as_deref()) {
+            let mut loaded = match load(config.as_deref()) {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("ringrelay: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging(&loaded.config, cli.log_json);
+            // The flag wins over the file, for the log and for the startup summary alike.
+            if cli.log_json {
+                loaded.config.log.format = LogFormat::Json;
+            }
+            init_logging(&loaded.config);
             match ringrelay::runtime::cores::serve(loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -319,14 +323,14 @@ fn read_password_no_echo() -> Result<String, String> {
     result
 }
 
-fn init_logging(config: &Config, json_flag: bool) {
+fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     // RUST_LOG overrides the configured level; an empty RUST_LOG counts as unset.
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => EnvFilter::new(v),
         _ => EnvFilter::new(&config.log.level),
     };
-    let json = json_flag || config.log.format == LogFormat::Json;
+    let json = config.log.format == LogFormat::Json;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_thread_names(true)

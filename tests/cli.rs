@@ -1,5 +1,6 @@
 //! The command line as an operator meets it: check-config verdicts and messages, the
-//! embedded default, hash-password, and start-up errors that name the fix.
+//! embedded default, hash-password, start-up errors that name the fix, and the startup
+//! summary: lines for people on stdout, or structured JSON events on stderr with --log-json.
 
 mod common;
 
@@ -91,4 +92,83 @@ fn port_in_use_is_a_clear_start_up_error() {
     let (code, _, err) = ringrelay(&["serve", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")) && err.contains("another program"), "{err}");
+}
+
+/// The default test configuration with fsync = never and a tracking file size below the
+/// minimum: two startup warnings.
+fn risky_config() -> String {
+    let spool = "dir = \"{spool}\"\n";
+    assert!(common::DEFAULT_CONFIG.contains(spool));
+    let text = common::DEFAULT_CONFIG.replace(spool, &format!("{spool}fsync = \"never\"\n"));
+    // A table after the last [[send_connector]] is a top-level table again.
+    format!("{text}[tracking]\nmax_file_size = \"1KiB\"\n")
+}
+
+/// Runs `serve` on `cfg` until "ringrelay ready", then SIGTERM: every line it wrote.
+fn serve_until_ready_then_stop(cfg: &common::ops::ConfigFile, args: &[&str]) -> Vec<common::ops::Line> {
+    let (mut child, rx) = common::ops::serve(&cfg.path, args, &[]);
+    let mut lines = common::ops::lines_until(&rx, 30, |(_, l)| l.contains("ringrelay ready"));
+    let status = common::ops::signal_and_wait(&mut child, libc::SIGTERM, 40);
+    assert!(status.success(), "{status:?}");
+    // The readers end at EOF, after the process exited.
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(5)) {
+        lines.push(line);
+    }
+    lines
+}
+
+#[test]
+fn log_json_makes_the_startup_summary_structured_events() {
+    let cfg = common::ops::ConfigFile::new(&risky_config());
+    let lines = serve_until_ready_then_stop(&cfg, &["--log-json"]);
+    let stdout: Vec<&String> = lines.iter().filter(|(err, _)| !err).map(|(_, l)| l).collect();
+    assert!(stdout.is_empty(), "nothing but JSON, and on the log: stdout had {stdout:?}");
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|(_, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let listen = format!("127.0.0.1:{}", cfg.port);
+    let listening = events.iter().find(|e| e["fields"]["message"] == "listening").expect("a listening event");
+    assert_eq!(listening["fields"]["listen"], listen.as_str(), "{listening}");
+    assert_eq!(listening["fields"]["connectors"], "loopback");
+    assert_eq!(listening["level"], "INFO");
+    let spool = events.iter().find(|e| e["fields"]["message"] == "spool").expect("a spool event");
+    assert_eq!(spool["fields"]["fsync"], "never");
+    assert_eq!(spool["fields"]["dir"], cfg.dir.path().join("spool").display().to_string().as_str());
+    let warn = |key: &str| {
+        events
+            .iter()
+            .find(|e| e["fields"]["key"] == key)
+            .unwrap_or_else(|| panic!("no event for {key}: {events:#?}"))
+            .clone()
+    };
+    let fsync = warn("spool.fsync");
+    assert_eq!(fsync["level"], "WARN");
+    assert!(fsync["fields"]["message"].as_str().unwrap().contains("benchmarks only"), "{fsync}");
+    let size = warn("tracking.max_file_size");
+    assert_eq!(size["level"], "WARN");
+    assert!(size["fields"]["message"].as_str().unwrap().contains("1024 bytes is below the 4096-byte minimum"));
+    let ready = events.iter().position(|e| e["fields"]["message"] == "ringrelay ready").unwrap();
+    let listened = events.iter().position(|e| e["fields"]["message"] == "listening").unwrap();
+    assert!(listened < ready, "ready comes last");
+    assert!(events.iter().any(|e| e["fields"]["message"] == "stopped"), "the shutdown is logged too");
+}
+
+#[test]
+fn text_mode_prints_the_summary_and_its_warnings_on_stdout() {
+    let cfg = common::ops::ConfigFile::new(&risky_config());
+    let lines = serve_until_ready_then_stop(&cfg, &[]);
+    let stdout: Vec<&str> = lines.iter().filter(|(err, _)| !err).map(|(_, l)| l.as_str()).collect();
+    let text = stdout.join("\n");
+    let listen = format!("listening on 127.0.0.1:{} (connectors: loopback) on 2 SMTP cores", cfg.port);
+    assert!(stdout.contains(&listen.as_str()), "{text}");
+    assert!(stdout.iter().any(|l| l.starts_with("cores: 2 SMTP, 1 delivery, ")), "{text}");
+    assert!(text.contains("(fsync = \"never\")"), "{text}");
+    assert!(text.contains("WARNING: spool.fsync: \"never\" acknowledges messages"), "{text}");
+    assert!(text.contains("WARNING: tracking.max_file_size: 1024 bytes is below the 4096-byte minimum"), "{text}");
+    assert_eq!(stdout.last(), Some(&"ringrelay ready"), "{text}");
+    // The log (stderr) stays text: no JSON objects there.
+    for (_, l) in lines.iter().filter(|(err, _)| *err) {
+        assert!(serde_json::from_str::<serde_json::Value>(l).is_err(), "JSON in text mode: {l}");
+    }
 }

@@ -1,6 +1,8 @@
 //! The service files in dist/: `systemd-analyze verify` accepts the unit (when the tool is
-//! installed; the unit's own settings are checked either way), and the example configuration
-//! passes `ringrelay check-config` once its paths point at files that exist here.
+//! installed; the unit's own settings are checked either way), the example configuration
+//! passes `ringrelay check-config` once its paths point at files that exist here, and the
+//! unit's `Type=notify` is honoured: with `$NOTIFY_SOCKET` set, `serve` reports READY=1 once it
+//! listens, RELOADING=1 and READY=1 around a SIGHUP, and STOPPING=1 on SIGTERM.
 
 mod common;
 
@@ -77,4 +79,55 @@ fn regex_free_replace_hash(text: &str, hash: &str) -> String {
         .map(|l| if l.starts_with("password_hash = ") { format!("password_hash = \"{hash}\"") } else { l.to_string() })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Reads the next datagram within 30 s.
+fn next_state(sock: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("a notification from the relay within 30 s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The relay answers SMTP on `port` right now.
+fn greets(port: u16) -> bool {
+    let mut c = common::Client::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)), None);
+    c.reply().code == 220
+}
+
+#[test]
+fn notify_socket_gets_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let cfg = common::ops::ConfigFile::new(common::DEFAULT_CONFIG);
+    let path = cfg.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let (mut child, _lines) = common::ops::serve(&cfg.path, &[], &[("NOTIFY_SOCKET", path.as_os_str())]);
+    assert_eq!(next_state(&sock), "READY=1");
+    assert!(greets(cfg.port), "READY=1 comes once the listeners accept");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    assert_eq!(next_state(&sock), "RELOADING=1");
+    assert_eq!(next_state(&sock), "READY=1");
+    assert!(greets(cfg.port), "still serving after the reload");
+    let status = common::ops::signal_and_wait(&mut child, libc::SIGTERM, 40);
+    assert_eq!(next_state(&sock), "STOPPING=1");
+    assert!(status.success(), "{status:?}");
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(sock.recv(&mut buf).is_err(), "nothing after STOPPING=1");
+}
+
+#[test]
+fn notify_socket_in_the_abstract_namespace() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let cfg = common::ops::ConfigFile::new(common::DEFAULT_CONFIG);
+    let name = format!("ringrelay-test-{}-{}", std::process::id(), cfg.port);
+    let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let value = std::ffi::OsString::from(format!("@{name}"));
+    let (mut child, _lines) = common::ops::serve(&cfg.path, &[], &[("NOTIFY_SOCKET", value.as_os_str())]);
+    assert_eq!(next_state(&sock), "READY=1");
+    assert!(common::ops::signal_and_wait(&mut child, libc::SIGTERM, 40).success());
+    assert_eq!(next_state(&sock), "STOPPING=1");
 }

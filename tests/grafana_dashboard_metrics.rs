@@ -56,6 +56,8 @@ fn dashboard_queries_only_exposed_metrics() {
         "ringrelay_queue_messages",
         "ringrelay_queue_oldest_age_seconds",
         "ringrelay_spool_bytes",
+        "ringrelay_spool_batches_total",
+        "ringrelay_spool_syncs_total",
     ] {
         assert!(used.contains(must), "the dashboard does not show {must}");
     }

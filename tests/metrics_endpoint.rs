@@ -94,3 +94,55 @@ fn metrics_parse_and_move_with_traffic() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     let _ = ops::scrape(&relay);
 }
+
+/// The metric names (and label values) written in backquotes in the README's metrics table.
+/// A name written as `_suffix` continues the name before it (`ringrelay_queue_messages_all`,
+/// `_recipients_all` is `ringrelay_queue_recipients_all`).
+fn readme_metrics_table() -> (std::collections::BTreeSet<String>, String) {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("\n### Metrics\n").nth(1).expect("README has a ### Metrics section");
+    let table: String = section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    for row in table.lines() {
+        let first_cell = row.split('|').nth(1).unwrap_or("");
+        let mut prefix = String::new();
+        for token in first_cell.split('`').skip(1).step_by(2) {
+            if let Some(rest) = token.strip_prefix('_') {
+                names.insert(format!("{prefix}_{rest}"));
+            } else {
+                // `ringrelay_queue_messages_all` → continuations start from `ringrelay_queue`.
+                prefix = token.splitn(3, '_').take(2).collect::<Vec<_>>().join("_");
+                names.insert(token.to_string());
+            }
+        }
+    }
+    (names, table)
+}
+
+#[test]
+fn readme_metrics_table_lists_every_exposed_family_and_refusal_reason() {
+    let relay = Relay::start(DEFAULT_CONFIG);
+    let exposed = scrape(&relay);
+    let (documented, table) = readme_metrics_table();
+    let missing: Vec<&String> = exposed.types.keys().filter(|f| !documented.contains(*f)).collect();
+    assert!(missing.is_empty(), "README's metrics table does not document {missing:?}");
+    let stale: Vec<&String> = documented.iter().filter(|d| !exposed.types.contains_key(*d)).collect();
+    assert!(stale.is_empty(), "README's metrics table names metrics /metrics does not expose: {stale:?}");
+    // Every refusal reason the endpoint writes is named in the table's row.
+    let row = table.lines().find(|l| l.contains("`ringrelay_connections_refused_total`")).unwrap();
+    let reasons: Vec<&str> = exposed
+        .samples
+        .keys()
+        .filter_map(|s| s.strip_prefix("ringrelay_connections_refused_total{reason=\""))
+        .map(|s| s.trim_end_matches("\"}"))
+        .collect();
+    assert!(reasons.len() >= 4, "{reasons:?}");
+    for r in reasons {
+        assert!(row.contains(&format!("`{r}`")), "README does not name refusal reason {r}: {row}");
+    }
+}

@@ -2,7 +2,9 @@
 //! smart host port): `list` shows the deferred messages per domain and per message, `delete`
 //! removes one (FAIL in the tracking log, and a bounce queued for its sender), then a sink
 //! comes up on the smart host port and `retry --all` delivers the rest and the bounce at once
-//! (the retry schedule says one hour). Errors are clear: no relay, no such message.
+//! (the retry schedule says one hour). With two domains deferred, `/metrics` shows each one's
+//! depth and oldest age, `retry --domain` delivers that domain only and `retry ID` that message
+//! only. Errors are clear: no relay, no such message.
 
 mod common;
 
@@ -107,6 +109,93 @@ fn list_delete_and_retry_on_a_relay_whose_next_hop_is_down() {
     assert_eq!(queue(&relay, &["retry", "--domain", "one.test"]).0, 0);
     assert_eq!(queue(&relay, &["retry"]).0, 2, "retry needs a target");
     assert_eq!(queue(&relay, &["delete", "not-an-id"]).0, 1);
+}
+
+/// Messages the sink has, waiting `settle` first so that any delivery that should not happen
+/// has had its chance to.
+fn sink_rcpts_after(sink: &Sink, settle: Duration) -> Vec<String> {
+    std::thread::sleep(settle);
+    let mut got: Vec<String> = sink.state.lock().unwrap().messages.iter().flat_map(|m| m.rcpts.clone()).collect();
+    got.sort();
+    got
+}
+
+#[test]
+fn retry_of_one_domain_then_of_one_message_delivers_only_those() {
+    let relay = Relay::start(DEFAULT_CONFIG);
+    let mut c = relay.client();
+    c.hello();
+    // Two messages for each of two domains; the next hop is down, so all four are deferred
+    // (first retry in 1 h). Keep when each was sent, to check the age gauges.
+    let mut ids = Vec::new();
+    let mut sent = Vec::new();
+    for to in ["a@one.test", "b@one.test", "c@two.test", "d@two.test"] {
+        let before = common::now();
+        let r = c.send_mail("app@example.test", &[to], "Subject: retry\r\n\r\nx\r\n");
+        assert_eq!(r.code, 250, "{r:?}");
+        sent.push((before, common::now()));
+        ids.push(r.queue_id().unwrap());
+    }
+    ops::track_until(&relay, &["--event", "DEFER"], 20, |e| e.len() == 4);
+    // Let the oldest messages age measurably.
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // /metrics while they are deferred: per-domain depth and the age of each domain's oldest.
+    let scrape_start = common::now();
+    let m = ops::scrape(&relay);
+    let scrape_end = common::now();
+    for (domain, first) in [("one.test", 0), ("two.test", 2)] {
+        let label = format!("{{domain=\"{domain}\"}}");
+        assert_eq!(m.get(&format!("ringrelay_queue_messages{label}")), 2.0, "{domain}");
+        assert_eq!(m.get(&format!("ringrelay_queue_deferred{label}")), 2.0, "{domain}");
+        assert_eq!(m.get(&format!("ringrelay_queue_recipients{label}")), 2.0, "{domain}");
+        let age = m.samples[&format!("ringrelay_queue_oldest_age_seconds{label}")];
+        // The oldest was accepted between `sent[first].0` and `.1`; ages are whole milliseconds
+        // of the wall clock, so allow 10 ms either way.
+        let least = scrape_start.duration_since(sent[first].1).as_secs_f64() - 0.01;
+        let most = scrape_end.duration_since(sent[first].0).as_secs_f64() + 0.01;
+        assert!((least..=most).contains(&age), "{domain}: oldest age {age} s not in [{least}, {most}]");
+    }
+    assert_eq!(m.get("ringrelay_queue_messages_all"), 4.0);
+    assert_eq!(m.get("ringrelay_queue_domains"), 2.0);
+    let oldest_all = m.get("ringrelay_queue_oldest_age_seconds_all");
+    assert_eq!(oldest_all, m.samples["ringrelay_queue_oldest_age_seconds{domain=\"one.test\"}"]);
+
+    // The next hop comes up; nothing moves until told (the schedule says 1 h).
+    let sink = Sink::start(&format!("127.0.0.1:{}", relay.sink_port), SinkOptions::default());
+    assert!(sink_rcpts_after(&sink, Duration::from_millis(300)).is_empty());
+
+    // retry --domain one.test: its two messages go now, two.test's stay queued.
+    let (code, out, err) = queue(&relay, &["retry", "--domain", "one.test"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("2 queue entries moved to ready"), "{out}");
+    sink.wait_for(2, 20);
+    assert_eq!(sink_rcpts_after(&sink, Duration::from_secs(1)), ["a@one.test", "b@one.test"]);
+    let v = queue_json(&relay, &["list"]);
+    assert_eq!(v["totals"]["messages"], 2, "{v:#}");
+    let domains: Vec<&str> = v["domains"].as_array().unwrap().iter().map(|d| d["domain"].as_str().unwrap()).collect();
+    assert_eq!(domains, ["two.test"]);
+
+    // retry ID of c@two.test: only that one goes; d@two.test stays.
+    let (code, out, err) = queue(&relay, &["retry", &ids[2]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("1 queue entry moved to ready"), "{out}");
+    sink.wait_for(3, 20);
+    assert_eq!(sink_rcpts_after(&sink, Duration::from_secs(1)), ["a@one.test", "b@one.test", "c@two.test"]);
+    let left = queue_json(&relay, &["list", "--domain", "two.test"]);
+    let left: Vec<&str> =
+        left["messages"].as_array().unwrap().iter().map(|m| m["queue_id"].as_str().unwrap()).collect();
+    assert_eq!(left, [ids[3].as_str()]);
+    let m = ops::scrape(&relay);
+    assert_eq!(m.get("ringrelay_queue_messages{domain=\"two.test\"}"), 1.0);
+    assert!(!m.samples.contains_key("ringrelay_queue_messages{domain=\"one.test\"}"), "one.test's queue is gone");
+    assert_eq!(m.get("ringrelay_deliveries_total{outcome=\"delivered\"}"), 3.0);
+    let delivered = ops::track_until(&relay, &["--event", "DELIVER"], 20, |e| e.len() == 3);
+    let mut delivered_ids: Vec<&str> = delivered.iter().map(|e| e["queue_id"].as_str().unwrap()).collect();
+    delivered_ids.sort();
+    let mut expected = vec![ids[0].as_str(), ids[1].as_str(), ids[2].as_str()];
+    expected.sort();
+    assert_eq!(delivered_ids, expected);
 }
 
 #[test]

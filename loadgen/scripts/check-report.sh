@@ -26,7 +26,7 @@ fi
 
 profile=$(mktemp -d)
 trap 'rm -rf "$profile"' EXIT
-flags=(--headless --no-sandbox --disable-gpu --disable-background-networking
+flags=(--headless --no-sandbox --disable-gpu --disable-quic --disable-background-networking
        --disable-component-update --disable-sync --no-first-run --disable-default-apps
        --disable-extensions --user-data-dir="$profile" --window-size=1000,2600
        --virtual-time-budget=3000)

@@ -93,7 +93,7 @@ impl Phase {
             Phase::Auth => "AUTH → 235",
             Phase::MailRcpt => "MAIL FROM → last RCPT reply",
             Phase::Submission => "end of data → 250",
-            Phase::Message => "intended send time → 250 (whole message)",
+            Phase::Message => "intended send time → 250 (whole message; unsent: → end of run)",
         }
     }
 

@@ -203,7 +203,8 @@ pub struct RunResult {
     pub elapsed_s: f64,
     /// Counters.
     pub counts: Counts,
-    /// Open loop: messages due that were never sent (the backlog when the run ended).
+    /// Open loop: messages due that were never sent (the backlog when the run ended). Each is
+    /// in the `message` latency, as having waited from its intended time to the end of the run.
     pub unsent: u64,
     /// Accepted messages per second over the run.
     pub throughput_per_s: f64,
@@ -315,8 +316,8 @@ struct Aggregator {
     errors: ErrorTable,
     timeseries: Vec<TickPoint>,
     intervals: Vec<Interval>,
-    /// Open loop: messages due in the run (largest of the threads' views).
-    due: u64,
+    /// Open loop: messages due but never sent, summed over the threads.
+    unsent: u64,
     taken_total: Vec<u64>,
     thread_errors: Vec<String>,
     started_wall: SystemTime,
@@ -340,7 +341,7 @@ impl Aggregator {
             errors: ErrorTable::default(),
             timeseries: Vec::new(),
             intervals: Vec::new(),
-            due: 0,
+            unsent: 0,
             taken_total: vec![0; threads],
             thread_errors: Vec::new(),
             started_wall,
@@ -366,11 +367,11 @@ impl Aggregator {
                 self.taken_total[thread] = taken;
                 self.merge_into_tick(tick, f64::from(tick), snap, taken);
             }
-            WorkerMsg::Done { thread, snap, taken, due, error } => {
+            WorkerMsg::Done { thread, snap, taken, unsent, error } => {
                 let tick = self.last_tick[thread] + 1;
                 self.done[thread] = true;
                 self.taken_total[thread] = taken;
-                self.due = self.due.max(due);
+                self.unsent += unsent;
                 if let Some(e) = error {
                     self.thread_errors.push(format!("client thread {thread}: {e}"));
                 }
@@ -513,7 +514,7 @@ impl Aggregator {
             started_unix_s: hist::unix_seconds(self.started_wall),
             elapsed_s,
             counts,
-            unsent: self.due.saturating_sub(self.taken_total.iter().sum()),
+            unsent: self.unsent,
             throughput_per_s: counts.ok as f64 / elapsed_s,
             error_rate: if counts.attempted == 0 { 0.0 } else { counts.failed as f64 / counts.attempted as f64 },
             phases,
@@ -583,6 +584,13 @@ pub fn print_report(r: &RunResult) {
             fmt_ms(s.p999_us),
             fmt_ms(s.max_us),
             p.describe()
+        );
+    }
+    if r.unsent > 0 {
+        println!(
+            "(open loop: the message latency includes the {} messages due but never sent, each as waiting from its \
+             intended send time to the end of the run)",
+            r.unsent
         );
     }
     if !r.errors.is_empty() {

@@ -103,6 +103,13 @@ impl ThreadRecorder {
         self.counts.connections_failed += 1;
     }
 
+    /// Open loop: a message that was due but never sent, `waited` from its intended send time
+    /// to the end of the run. It counts in the message latency (that is what it would have
+    /// measured at the very least), not in the counters: it was never attempted.
+    pub fn unsent(&mut self, waited: Duration) {
+        hist::record(&mut self.hists[Phase::Message.index()], clock::micros(waited));
+    }
+
     /// Hands over the interval's measurements and starts a new interval.
     pub fn take(&mut self) -> Snapshot {
         let hists = self

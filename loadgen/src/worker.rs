@@ -14,6 +14,9 @@
 //! hands it to a free connection task (an idle connection first); if none is free the ticket
 //! waits, so a slow server shows up as latency measured from the intended time, not as a lower
 //! send rate (no coordinated omission). `--concurrency` then caps the connections in flight.
+//! The same holds at the end: messages that were due but never sent (the backlog when the run
+//! ends) are recorded in the message latency as having waited from their intended time to the
+//! end of the run, so a run that ends behind cannot report the latency of only the lucky ones.
 //!
 //! The glue that drives `client::Client` over a `Stream` is here too: one owned read buffer
 //! and one owned write buffer per connection, recycled through a per-thread pool; every read
@@ -89,9 +92,9 @@ pub enum WorkerMsg {
         snap: Snapshot,
         /// Tickets taken in all.
         taken: u64,
-        /// Open loop: how many messages were due in the run (all threads together), as this
-        /// thread saw the end; the main thread takes the largest and subtracts all taken.
-        due: u64,
+        /// Open loop: messages due but never sent that this thread recorded (each message
+        /// number is claimed, and so recorded, by one thread only).
+        unsent: u64,
         /// Why the thread could not run, if it could not.
         error: Option<String>,
     },
@@ -235,8 +238,12 @@ impl Schedule {
     }
 
     /// Open loop: releases ticket `k` at its intended time to the best waiting task; when none
-    /// is free the ticket waits (and its latency grows) until one is.
-    async fn dispatch(&self, rate: f64, timers: &Timers) {
+    /// is free the ticket waits (and its latency grows) until one is. At the end, `unsent` is
+    /// called with the wait of every message due but not sent (`record_backlog`); the count of
+    /// them is returned.
+    async fn dispatch(&self, rate: f64, timers: &Timers, unsent: &mut dyn FnMut(Duration)) -> u64 {
+        // A ticket claimed and due, for which no connection became free before the end.
+        let mut held = None;
         loop {
             let now = clock::now();
             if now >= self.hard_deadline || self.stopping(now) {
@@ -263,7 +270,10 @@ impl Schedule {
                     break None;
                 }
             };
-            let Some(w) = waiter else { break };
+            let Some(w) = waiter else {
+                held = Some(Ticket { n, at });
+                break;
+            };
             self.taken.set(self.taken.get() + 1);
             w.ticket.set(Some(Ticket { n, at }));
             if let Some(waker) = w.waker.take() {
@@ -281,19 +291,37 @@ impl Schedule {
                 waker.wake();
             }
         }
+        self.record_backlog(held, rate, clock::now(), unsent)
     }
 
-    /// Open loop: messages due (in the whole run, all threads) before the end or the stop.
-    fn due(&self, end: Instant) -> u64 {
-        let Load::Open { rate } = self.load else { return 0 };
-        let mut horizon = end.min(self.deadline);
-        if let Some(s) = self.stopped_at.get() {
-            horizon = horizon.min(s);
+    /// Open loop, once the dispatcher has stopped (at the hard deadline, or on SIGINT): the
+    /// messages that were due but will never be sent are `held` (claimed, no connection came)
+    /// and every number not yet claimed whose intended time is before the end of the schedule
+    /// (`--duration`, or the stop). Each is passed to `unsent` with its wait, `end` minus its
+    /// intended time; they are claimed like tickets, so no two threads report the same one.
+    fn record_backlog(&self, held: Option<Ticket>, rate: f64, end: Instant, unsent: &mut dyn FnMut(Duration)) -> u64 {
+        let horizon = match self.stopped_at.get() {
+            Some(s) => s.min(self.deadline),
+            None => self.deadline,
+        };
+        let mut count = 0;
+        let mut record = |at: Instant| {
+            unsent(end.saturating_duration_since(at));
+            count += 1;
+        };
+        if let Some(t) = held
+            && t.at < horizon
+        {
+            record(t.at);
         }
-        let secs = horizon.saturating_duration_since(self.start).as_secs_f64();
-        // Message n is due when n / rate < secs.
-        let due_f = (secs * rate).ceil();
-        if due_f <= 0.0 { 0 } else { (due_f as u64).min(self.limit) }
+        while let Some(n) = self.claim() {
+            let at = self.intended(n, rate);
+            if at >= horizon {
+                break;
+            }
+            record(at);
+        }
+        count
     }
 }
 
@@ -385,7 +413,7 @@ pub fn run_thread(plan: Arc<Plan>, spec: WorkerSpec, tx: Sender<WorkerMsg>) {
         thread,
         snap: ThreadRecorder::new().take(),
         taken: 0,
-        due: 0,
+        unsent: 0,
         error: Some(error),
     });
 }
@@ -452,7 +480,10 @@ async fn thread_main(plan: Arc<Plan>, spec: WorkerSpec, tx: Sender<WorkerMsg>) -
     let dispatcher = match (th.plan.load, th.timers.clone()) {
         (Load::Open { rate }, Some(timers)) => {
             let th = Rc::clone(&th);
-            Some(tokio_uring::spawn(async move { th.schedule.dispatch(rate, &timers).await }))
+            Some(tokio_uring::spawn(async move {
+                let rec = &th.rec;
+                th.schedule.dispatch(rate, &timers, &mut |waited| rec.borrow_mut().unsent(waited)).await
+            }))
         }
         _ => None,
     };
@@ -465,19 +496,13 @@ async fn thread_main(plan: Arc<Plan>, spec: WorkerSpec, tx: Sender<WorkerMsg>) -
     for t in tasks {
         let _ = t.await;
     }
-    if let Some(d) = dispatcher {
-        let _ = d.await;
-    }
+    let unsent = match dispatcher {
+        Some(d) => d.await.unwrap_or(0),
+        None => 0,
+    };
     ticker.abort();
-    let end = clock::now();
     let snap = th.rec.borrow_mut().take();
-    let _ = tx.send(WorkerMsg::Done {
-        thread,
-        snap,
-        taken: th.schedule.taken.get(),
-        due: th.schedule.due(end),
-        error: None,
-    });
+    let _ = tx.send(WorkerMsg::Done { thread, snap, taken: th.schedule.taken.get(), unsent, error: None });
     Ok(())
 }
 
@@ -723,16 +748,36 @@ mod tests {
     }
 
     #[test]
-    fn open_loop_due_counts_the_whole_schedule() {
-        let tickets = Arc::new(AtomicU64::new(0));
+    fn the_backlog_is_every_due_message_not_sent_with_its_wait() {
+        let secs = Duration::from_secs_f64;
+        // 250 tickets handed out of 1000 due in 10 s at 100/s, ticket 250 held with no
+        // connection free; the run ends at 11 s (the drain).
+        let tickets = Arc::new(AtomicU64::new(251));
         let s = schedule(Load::Open { rate: 100.0 }, &tickets, u64::MAX);
         assert_eq!(s.intended(3, 100.0) - s.start, Duration::from_millis(30));
-        assert_eq!(s.due(s.start + Duration::from_secs(1)), 100);
-        // Past the deadline, only the run's length counts: 10 s at 100/s.
-        assert_eq!(s.due(s.start + Duration::from_secs(60)), 1000);
-        let capped = schedule(Load::Open { rate: 100.0 }, &tickets, 7);
-        assert_eq!(capped.due(capped.start + Duration::from_secs(5)), 7);
-        assert_eq!(schedule(Load::Closed, &tickets, 7).due(clock::now()), 0);
+        let held = Ticket { n: 250, at: s.intended(250, 100.0) };
+        let mut waits = Vec::new();
+        let n = s.record_backlog(Some(held), 100.0, s.start + secs(11.0), &mut |w| waits.push(w));
+        assert_eq!(n, 750);
+        assert_eq!(waits.len(), 750);
+        assert_eq!(waits[0], secs(11.0 - 2.5), "the held ticket waited from 2.5 s to the end");
+        assert!(waits.iter().all(|w| *w >= secs(1.0)), "the last was due at 9.99 s");
+        assert!((waits[749].as_secs_f64() - 1.01).abs() < 1e-6, "{:?}", waits[749]);
+        // Another thread finishing later finds nothing left to report: none is counted twice.
+        let other = schedule(Load::Open { rate: 100.0 }, &tickets, u64::MAX);
+        assert_eq!(other.record_backlog(None, 100.0, other.start + secs(11.0), &mut |_| panic!("twice")), 0);
+        // --messages caps the backlog too.
+        let capped_tickets = Arc::new(AtomicU64::new(3));
+        let capped = schedule(Load::Open { rate: 100.0 }, &capped_tickets, 7);
+        assert_eq!(capped.record_backlog(None, 100.0, capped.start + secs(11.0), &mut |_| {}), 4);
+        // After SIGINT only what was due before the stop counts.
+        let stopped_tickets = Arc::new(AtomicU64::new(50));
+        let stopped = schedule(Load::Open { rate: 100.0 }, &stopped_tickets, u64::MAX);
+        stopped.stopped_at.set(Some(stopped.start + secs(1.0)));
+        let mut waits = Vec::new();
+        let n = stopped.record_backlog(None, 100.0, stopped.start + secs(1.5), &mut |w| waits.push(w));
+        assert_eq!(n, 50, "messages 50..99 were due in the first second");
+        assert_eq!(waits[0], secs(1.0));
     }
 
     #[test]
@@ -773,16 +818,22 @@ mod tests {
             tokio::task::yield_now().await;
             let d = {
                 let s = Rc::clone(&s);
-                tokio_uring::spawn(async move { s.dispatch(1000.0, &timers).await })
+                tokio_uring::spawn(async move {
+                    let mut waits = Vec::new();
+                    let n = s.dispatch(1000.0, &timers, &mut |w| waits.push(w)).await;
+                    (n, waits)
+                })
             };
             // Ticket 0 goes to the task with a connection, ticket 1 to the other.
             assert_eq!(b.await.unwrap().unwrap().n, 0);
             assert_eq!(a.await.unwrap().unwrap().n, 1);
-            // Nobody asks for tickets 2..4 (due within the 5 ms): the backlog is counted,
-            // and at the hard deadline the dispatcher closes.
-            d.await.unwrap();
+            // Nobody asks for tickets 2..4 (due within the 5 ms): at the hard deadline (105 ms)
+            // the dispatcher closes and reports them, each as waiting until then.
+            let (unsent, waits) = d.await.unwrap();
             assert!(s.next(&fresh, false).await.is_none());
-            assert_eq!(s.due(clock::now()) - s.taken.get(), 3);
+            assert_eq!(unsent, 3);
+            assert_eq!(s.taken.get(), 2);
+            assert!(waits.iter().all(|w| *w >= Duration::from_millis(100)), "{waits:?}");
         });
     }
 

@@ -1,9 +1,12 @@
 //! Open loop at a low rate against a sink that waits 5 ms before each final reply: the
 //! measured latency is the sink's delay plus loopback costs, nothing invented by the client's
-//! timers (the schedule and the sink use timerfd, not tokio's millisecond wheel). Robust on a
-//! noisy 2-core machine: the median submission latency (end of data → 250) must lie in
-//! [5 ms, 6.5 ms], one retry allowed. The whole-message latency (intended send time → 250)
-//! adds the pipelined MAIL/RCPT/DATA round trip: at most 1.5 ms more, in a debug build.
+//! timers (the schedule and the sink use timerfd, not tokio's millisecond wheel). The issue's
+//! promise, p50 = 5 ms ± 1 ms, is checked on the submission latency (end of data → 250): its
+//! median must lie in [4 ms, 6 ms], one retry allowed on a noisy machine. (On the 2-core dev
+//! machine, in a debug build with other builds running, it measured 5.46 to 5.58 ms over five
+//! runs: the loopback and debug-build overhead is about 0.5 ms.) The whole-message latency
+//! (intended send time → 250) adds the pipelined MAIL/RCPT/DATA round trip: at most 1.5 ms
+//! more, in a debug build.
 
 mod common;
 
@@ -29,8 +32,8 @@ fn attempt() -> Result<(), String> {
         return Err(format!("accepted {ok}, expected 100"));
     }
     let submission = phase_us(&run, "submission", "p50_us");
-    if !(5_000..=6_500).contains(&submission) {
-        return Err(format!("submission p50 {submission} us outside [5000, 6500]"));
+    if !(4_000..=6_000).contains(&submission) {
+        return Err(format!("submission p50 {submission} us outside 5 ms ± 1 ms"));
     }
     let message = phase_us(&run, "message", "p50_us");
     if !(submission..=submission + 1_500).contains(&message) {

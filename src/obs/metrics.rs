@@ -447,10 +447,14 @@ pub fn render(reg: &Registry, queue: &[DomainSummary]) -> String {
     w.family(
         "ringrelay_spool_batches_total",
         "counter",
-        "Spool batches written, by SMTP core: messages accepted / batches = group-commit size.",
+        "Spool batches written (delivery-outcome-only batches included), by SMTP core.",
     );
     w.samples("ringrelay_spool_batches_total", &per_core(|c| &c.spool_batches));
-    w.family("ringrelay_spool_syncs_total", "counter", "Spool batches made durable (one sync each), by SMTP core.");
+    w.family(
+        "ringrelay_spool_syncs_total",
+        "counter",
+        "Spool batches of messages made durable (one sync each), by SMTP core: messages accepted / syncs = group-commit size.",
+    );
     w.samples("ringrelay_spool_syncs_total", &per_core(|c| &c.spool_syncs));
     render_delivery(&mut w, reg);
     render_queue(&mut w, queue);

@@ -32,6 +32,25 @@ use crate::smtp::envelope::Envelope;
 /// How often cores hand their log buffers to the writer and refresh their gauges.
 pub const FLUSH_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The smallest tracking/protocol log file before rotation: a smaller `max_file_size` would
+/// rotate at almost every flush (a file per 100 ms), so it is raised to this.
+pub const LOG_FILE_SIZE_MIN: u64 = 4096;
+
+/// Settings observability adjusts at start, for the startup summary's `WARNING:` lines.
+pub fn startup_warnings(config: &Config) -> Vec<crate::config::Problem> {
+    let mut out = Vec::new();
+    let size = config.tracking.max_file_size.0;
+    if size < LOG_FILE_SIZE_MIN {
+        out.push(crate::config::Problem {
+            key: "tracking.max_file_size".into(),
+            message: format!(
+                "{size} bytes is below the {LOG_FILE_SIZE_MIN}-byte minimum; log files rotate at {LOG_FILE_SIZE_MIN} bytes"
+            ),
+        });
+    }
+    out
+}
+
 /// Everything observability owns for the life of the process.
 pub struct Hub {
     /// Every core's counters.
@@ -53,7 +72,8 @@ impl Hub {
             let opts = WriterOptions {
                 spool_dir: config.spool.dir.clone(),
                 retention: config.tracking.retention.get(),
-                max_file_size: config.tracking.max_file_size.0.max(4096),
+                // Raised to the minimum (and said so at start: `startup_warnings`).
+                max_file_size: config.tracking.max_file_size.0.max(LOG_FILE_SIZE_MIN),
             };
             let (s, w) = writer::start(opts, Arc::clone(&registry.writer))?;
             (Some(s), Some(w))

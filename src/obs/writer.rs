@@ -127,20 +127,23 @@ fn run(opts: WriterOptions, rx: Receiver<Chunk>, stats: &WriterStats) {
             sweep(&opts, now, &open);
         }
         match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(chunk) => write_chunk(&opts, &mut files, chunk, stats),
+            Ok(chunk) => write_chunk(&opts, &mut files, chunk, stats, crate::clock::unix_ms()),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
 }
 
+/// Appends `c` to its source's file for the day of `now_ms` (Unix ms, UTC), opening a new
+/// file when the day has changed or the current one is full.
 fn write_chunk(
     opts: &WriterOptions,
     files: &mut HashMap<(LogKind, Arc<str>), OpenFile>,
     c: Chunk,
     stats: &WriterStats,
+    now_ms: u64,
 ) {
-    let day = day_of(crate::clock::unix_ms());
+    let day = day_of(now_ms);
     let key = (c.kind, Arc::clone(&c.source));
     let rotate = files.get(&key).is_some_and(|f| f.day != day || f.size >= opts.max_file_size);
     if rotate && let Some(old) = files.remove(&key) {
@@ -204,7 +207,8 @@ fn open_file(opts: &WriterOptions, kind: LogKind, source: &str, day: &str, mut s
     }
 }
 
-/// Deletes log files last written longer ago than the retention.
+/// Deletes log files last written (mtime) longer ago than the retention before `now_ms`,
+/// except the files open now.
 fn sweep(opts: &WriterOptions, now_ms: u64, open: &[PathBuf]) {
     let cutoff = std::time::UNIX_EPOCH + Duration::from_millis(now_ms) - opts.retention;
     for kind in [LogKind::Tracking, LogKind::Protocol] {
@@ -335,5 +339,98 @@ mod tests {
         assert_eq!(all.lines().count(), 5);
         assert_eq!(stats.errors.load(Ordering::Relaxed), 0);
         assert_eq!(day_of(1_764_064_075_000), "20251125");
+    }
+
+    fn chunk(source: &str, line: &str) -> Chunk {
+        Chunk { kind: LogKind::Tracking, source: Arc::from(source), bytes: format!("{line}\n").into_bytes() }
+    }
+
+    /// 2025-11-25T23:59:59.500Z.
+    const LAST_HALF_SECOND: u64 = 1_764_115_199_500;
+
+    #[test]
+    fn a_new_day_starts_a_new_file_and_numbering_starts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WriterOptions {
+            spool_dir: dir.path().to_path_buf(),
+            retention: Duration::from_secs(3600),
+            max_file_size: 40,
+        };
+        let stats = WriterStats::default();
+        let mut files = HashMap::new();
+        let line = |n: u32| format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(30));
+        // Two lines of 48 bytes on the 25th: the first fills the 40-byte file, so the second
+        // goes to .1; then midnight.
+        write_chunk(&opts, &mut files, chunk("smtp-0", &line(1)), &stats, LAST_HALF_SECOND - 1000);
+        write_chunk(&opts, &mut files, chunk("smtp-0", &line(2)), &stats, LAST_HALF_SECOND);
+        write_chunk(&opts, &mut files, chunk("smtp-0", &line(3)), &stats, LAST_HALF_SECOND + 600);
+        write_chunk(&opts, &mut files, chunk("delivery-0", &line(4)), &stats, LAST_HALF_SECOND + 700);
+        drop(files);
+        let names: Vec<String> = log_files(dir.path(), LogKind::Tracking)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["delivery-0-20251126.jsonl", "smtp-0-20251125.1.jsonl", "smtp-0-20251125.jsonl", "smtp-0-20251126.jsonl"]
+        );
+        let read = |name: &str| std::fs::read_to_string(dir.path().join("tracking").join(name)).unwrap();
+        assert_eq!(read("smtp-0-20251125.jsonl"), format!("{}\n", line(1)));
+        assert_eq!(read("smtp-0-20251125.1.jsonl"), format!("{}\n", line(2)));
+        assert_eq!(read("smtp-0-20251126.jsonl"), format!("{}\n", line(3)), "the new day starts at seq 0");
+        assert_eq!(read("delivery-0-20251126.jsonl"), format!("{}\n", line(4)));
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 0);
+    }
+
+    /// Sets a file's modification time to `unix_ms`.
+    fn set_mtime(path: &Path, unix_ms: u64) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let t = libc::timespec { tv_sec: (unix_ms / 1000) as libc::time_t, tv_nsec: 0 };
+        let times = [t, t];
+        // SAFETY: a NUL-terminated path and two valid timespecs, as utimensat(2) takes them.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+        assert_eq!(rc, 0, "utimensat {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+
+    #[test]
+    fn the_sweep_deletes_log_files_not_written_within_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let day_ms = 24 * 3600 * 1000;
+        let opts = WriterOptions {
+            spool_dir: dir.path().to_path_buf(),
+            retention: Duration::from_millis(30 * day_ms),
+            max_file_size: 1 << 20,
+        };
+        let now = LAST_HALF_SECOND;
+        let tracking = dir.path().join("tracking");
+        let protocol = dir.path().join("protocol");
+        std::fs::create_dir_all(&tracking).unwrap();
+        std::fs::create_dir_all(&protocol).unwrap();
+        let file = |p: PathBuf, age_ms: u64| {
+            std::fs::write(&p, b"{}\n").unwrap();
+            set_mtime(&p, now - age_ms);
+            p
+        };
+        let old_tracking = file(tracking.join("smtp-0-20251020.jsonl"), 31 * day_ms);
+        let old_protocol = file(protocol.join("smtp-1-20251020.log"), 40 * day_ms);
+        let recent = file(tracking.join("smtp-0-20251027.jsonl"), 29 * day_ms);
+        // Retention goes by the last write, not by the date in the name.
+        let old_name_recent_write = file(tracking.join("smtp-0-20240101.jsonl"), day_ms);
+        let not_a_log = file(tracking.join("notes.txt"), 400 * day_ms);
+        let open_now = file(tracking.join("delivery-0-20251001.jsonl"), 60 * day_ms);
+        sweep(&opts, now, std::slice::from_ref(&open_now));
+        assert!(!old_tracking.exists() && !old_protocol.exists(), "files past the retention are deleted");
+        for kept in [&recent, &old_name_recent_write, &not_a_log, &open_now] {
+            assert!(kept.exists(), "{} was deleted", kept.display());
+        }
+        // A later sweep, once the open file is closed, takes it too.
+        sweep(&opts, now, &[]);
+        assert!(!open_now.exists());
+        assert!(recent.exists());
+        // And 2 days later the 29-day-old file is past 30 days.
+        sweep(&opts, now + 2 * day_ms, &[]);
+        assert!(!recent.exists());
     }
 }

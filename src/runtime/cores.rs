@@ -27,7 +27,8 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
     // Handlers first: a SIGTERM during start must still mean a clean stop.
     let mut signals = Signals::install()?;
     // check-config's warnings are printed with the startup summary.
-    let Loaded { config, warnings, .. } = loaded;
+    let Loaded { config, mut warnings, .. } = loaded;
+    warnings.extend(crate::obs::startup_warnings(&config));
     let smtp_cores = config.smtp_cores();
     let delivery_cores = config.cores.delivery;
     let spool_dir = config.spool.dir.clone();
@@ -244,6 +245,9 @@ fn reload(shared: &Shared) {
     );
 }
 
+/// What the relay runs, once every listener is bound: for people, lines on stdout; with
+/// `--log-json` / `[log] format = "json"`, the same as structured events on the log (stderr),
+/// so that a log collector gets one format. The last one is always "ringrelay ready".
 fn print_summary(
     shared: &Shared,
     smtp_cores: usize,
@@ -252,37 +256,72 @@ fn print_summary(
     warnings: &[crate::config::Problem],
 ) {
     let c = &shared.config;
+    let json = c.log.format == crate::config::LogFormat::Json;
     for bind in binds {
         let names: Vec<&str> =
             c.receive_connectors.iter().filter(|rc| rc.bind.contains(bind)).map(|rc| rc.name.as_str()).collect();
-        println!("listening on {bind} (connectors: {}) on {smtp_cores} SMTP cores", names.join(", "));
+        let names = names.join(", ");
+        if json {
+            tracing::info!(listen = %bind, connectors = %names, smtp_cores, "listening");
+        } else {
+            println!("listening on {bind} (connectors: {names}) on {smtp_cores} SMTP cores");
+        }
     }
     let pinned = match (c.pin_cores(), c.cores.pin) {
         (true, _) => "pinned to CPUs",
         (false, crate::config::Pin::Auto) => "not pinned (cores.pin = \"auto\": fewer than 4 CPUs)",
         (false, _) => "not pinned (cores.pin = false)",
     };
-    println!("cores: {smtp_cores} SMTP, {delivery_cores} delivery, {pinned}");
-    println!("spool: {} (fsync = {:?})", c.spool.dir.display(), c.spool.fsync);
-    if c.admin.enabled {
-        println!("admin: http://{}/metrics", c.admin.listen);
+    let spool = c.spool.dir.display();
+    let fsync = format!("{:?}", c.spool.fsync).to_lowercase();
+    if json {
+        tracing::info!(smtp = smtp_cores, delivery = delivery_cores, pinned, "cores");
+        tracing::info!(dir = %spool, fsync, "spool");
     } else {
-        println!("admin: disabled ([admin] enabled = false): no metrics, no queue control");
+        println!("cores: {smtp_cores} SMTP, {delivery_cores} delivery, {pinned}");
+        println!("spool: {spool} (fsync = {fsync:?})");
+    }
+    match (c.admin.enabled, json) {
+        (true, true) => tracing::info!(metrics = %format!("http://{}/metrics", c.admin.listen), "admin endpoint"),
+        (true, false) => println!("admin: http://{}/metrics", c.admin.listen),
+        (false, true) => {
+            tracing::info!("admin endpoint disabled ([admin] enabled = false): no metrics, no queue control")
+        }
+        (false, false) => println!("admin: disabled ([admin] enabled = false): no metrics, no queue control"),
     }
     if c.tracking.enabled {
-        println!("tracking: {}", c.spool.dir.join("tracking").display());
+        let dir = c.spool.dir.join("tracking");
+        if json {
+            tracing::info!(dir = %dir.display(), "tracking log");
+        } else {
+            println!("tracking: {}", dir.display());
+        }
     }
     let logged: Vec<&str> =
         c.receive_connectors.iter().filter(|rc| rc.protocol_log).map(|rc| rc.name.as_str()).collect();
     if !logged.is_empty() {
-        println!("protocol log: {} (connectors: {})", c.spool.dir.join("protocol").display(), logged.join(", "));
+        let dir = c.spool.dir.join("protocol");
+        let names = logged.join(", ");
+        if json {
+            tracing::info!(dir = %dir.display(), connectors = %names, "protocol log");
+        } else {
+            println!("protocol log: {} (connectors: {names})", dir.display());
+        }
     }
     // check-config's warnings, at every start: fsync = never, admin off loopback, open relays,
-    // AUTH without TLS, ... (config::validate).
+    // AUTH without TLS, ... (config::validate), and the settings obs adjusts.
     for w in warnings {
-        println!("WARNING: {}: {}", w.key, w.message);
+        if json {
+            tracing::warn!(key = %w.key, "{}", w.message);
+        } else {
+            println!("WARNING: {}: {}", w.key, w.message);
+        }
     }
-    println!("ringrelay ready");
+    if json {
+        tracing::info!("ringrelay ready");
+    } else {
+        println!("ringrelay ready");
+    }
 }
 
 /// What the main thread was woken for.

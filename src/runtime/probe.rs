@@ -2,6 +2,10 @@
 //! (TigerBeetle's habit: tell the operator the knob). Docker's default seccomp profile,
 //! `kernel.io_uring_disabled` and old kernels are the usual culprits.
 
+/// The tuning.md heading the operator is sent to when the cause is not one of the known ones
+/// (kept in step with tuning.md by a test).
+const TUNING_SECTION: &str = "\"cannot start: io_uring ...\"";
+
 /// Creates and destroys a small io_uring instance. The error explains how to fix it.
 pub fn io_uring() -> Result<(), String> {
     // SAFETY: io_uring_params is a plain C struct for which all-zero bytes are valid input.
@@ -16,6 +20,7 @@ pub fn io_uring() -> Result<(), String> {
     }
     let err = std::io::Error::last_os_error();
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok();
+    let fallback = format!("see the section {TUNING_SECTION} in tuning.md");
     let hint = match (err.raw_os_error(), disabled.as_deref().map(str::trim)) {
         (Some(libc::ENOSYS), _) => {
             "the kernel has no io_uring (it needs Linux 5.10 or later, built with CONFIG_IO_URING), or a \
@@ -38,7 +43,7 @@ pub fn io_uring() -> Result<(), String> {
             "not enough locked memory for io_uring on this kernel: raise RLIMIT_MEMLOCK (ulimit -l, or \
              LimitMEMLOCK=infinity in the systemd unit)"
         }
-        _ => "see ringrelay's tuning.md, section \"io_uring will not start\"",
+        _ => &fallback,
     };
     Err(format!("io_uring is not available: {err}. {hint}"))
 }
@@ -49,5 +54,12 @@ mod tests {
     fn io_uring_works_on_the_test_machine() {
         // CI runs where io_uring is enabled; if this fails, the message says why.
         super::io_uring().unwrap();
+    }
+
+    #[test]
+    fn the_fallback_hint_names_a_section_of_tuning_md() {
+        let tuning = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning.md")).unwrap();
+        let heading = format!("### {}", super::TUNING_SECTION);
+        assert!(tuning.lines().any(|l| l.starts_with(&heading)), "tuning.md has no heading {heading}");
     }
 }

@@ -32,6 +32,99 @@ pub fn ringrelay(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A configuration written from a template as `Relay::start` does (`{port}`, `{admin}`,
+/// `{spool}`, `{dir}`, `{sink}`, `{nodns}`), for a `serve` started by hand.
+pub struct ConfigFile {
+    pub dir: tempfile::TempDir,
+    pub path: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl ConfigFile {
+    pub fn new(template: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let text = template
+            .replace("{sink}", &super::free_port().to_string())
+            .replace("{nodns}", &super::free_port().to_string())
+            .replace("{port}", &port.to_string())
+            .replace("{admin}", &super::free_port().to_string())
+            .replace("{spool}", &dir.path().join("spool").display().to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        let path = dir.path().join("ringrelay.toml");
+        std::fs::write(&path, text).unwrap();
+        ConfigFile { dir, path, port }
+    }
+}
+
+/// A line the process wrote: on stderr (true) or stdout (false).
+pub type Line = (bool, String);
+
+/// `ringrelay serve --config FILE <args…>` with extra environment, its stdout and stderr lines
+/// sent to the receiver as they come. The caller stops it (SIGTERM) or kills it.
+pub fn serve(
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::Child, std::sync::mpsc::Receiver<Line>) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringrelay"));
+    cmd.arg("serve").arg("--config").arg(config).args(args).env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    for (is_err, stream) in [(false, Box::new(out) as Box<dyn Read + Send>), (true, Box::new(err))] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send((is_err, line));
+            }
+        });
+    }
+    (child, rx)
+}
+
+/// Collects lines until one satisfies `pred` (returned last), or panics after `secs`.
+pub fn lines_until(rx: &std::sync::mpsc::Receiver<Line>, secs: u64, pred: impl Fn(&Line) -> bool) -> Vec<Line> {
+    let deadline = super::now() + Duration::from_secs(secs);
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(super::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = pred(&line);
+                got.push(line);
+                if done {
+                    return got;
+                }
+            }
+            Err(_) => panic!("no matching line within {secs}s; got:\n{got:#?}"),
+        }
+    }
+}
+
+/// Sends `sig` to the child and waits for it to exit (killing it past `secs`).
+pub fn signal_and_wait(child: &mut std::process::Child, sig: i32, secs: u64) -> std::process::ExitStatus {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let deadline = super::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if super::now() > deadline {
+            let _ = child.kill();
+            panic!("the relay did not exit within {secs}s of signal {sig}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `ringrelay track --config <relay's> --json <extra…>`, parsed.
 pub fn track(relay: &Relay, extra: &[&str]) -> Vec<serde_json::Value> {
     let config = relay.config_path.display().to_string();

@@ -230,3 +230,38 @@ pub fn errors(run: &Value, stage: &str, cause: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Sends one message over plain SMTP with a blocking client (not ringload: a message without
+/// ringload's headers), expecting every reply to be positive.
+pub fn send_raw(addr: SocketAddr, from: &str, to: &str, message: &str) {
+    use std::io::Write;
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut expect = |what: &str, code: char| {
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap_or_else(|e| panic!("reply to {what}: {e}"));
+            assert!(line.starts_with(code), "{what}: {line:?}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return;
+            }
+        }
+    };
+    expect("greeting", '2');
+    for (cmd, code) in [
+        ("EHLO raw.test".to_string(), '2'),
+        (format!("MAIL FROM:<{from}>"), '2'),
+        (format!("RCPT TO:<{to}>"), '2'),
+        ("DATA".to_string(), '3'),
+    ] {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        expect(&cmd, code);
+    }
+    w.write_all(message.as_bytes()).unwrap();
+    w.write_all(b".\r\n").unwrap();
+    expect("end of data", '2');
+    w.write_all(b"QUIT\r\n").unwrap();
+    expect("QUIT", '2');
+}
