@@ -45,7 +45,7 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
             if !proxy::is_trusted(peer.ip(), &policy.trusted) {
                 tracing::info!(%peer, %bind, "PROXY protocol connection from a peer that is not a trusted proxy");
                 core.obs.refused_proxy(); // obs hook
-                return refuse(tcp, reply::PROXY_REFUSED, shared.config.hostname.clone()).await;
+                return refuse(tcp, reply::PROXY_REFUSED).await;
             }
             match read_proxy_header(&tcp).await {
                 Ok((header, rest)) => {
@@ -58,7 +58,7 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
                 Err(why) => {
                     tracing::info!(%peer, %bind, why, "PROXY header refused");
                     core.obs.refused_proxy(); // obs hook
-                    return refuse(tcp, reply::PROXY_REFUSED, shared.config.hostname.clone()).await;
+                    return refuse(tcp, reply::PROXY_REFUSED).await;
                 }
             }
         }
@@ -66,7 +66,7 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
     let Some(connector) = shared.connectors.select(bind, client_ip) else {
         core.obs.refused_no_connector(); // obs hook
         tracing::debug!(%peer, %client_ip, %bind, "client matches no receive connector");
-        return refuse(tcp, reply::NO_CONNECTOR, shared.config.hostname.clone()).await;
+        return refuse(tcp, reply::NO_CONNECTOR).await;
     };
     let _slot = match shared.limits[connector].connections_per_source_max {
         None => None,
@@ -76,7 +76,7 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
                 core.obs.refused_per_source(); // obs hook
                 tracing::debug!(%client_ip, connector = %shared.config.receive_connectors[connector].name, max,
                     "max_connections_per_source reached");
-                return refuse(tcp, reply::TOO_MANY_CONNECTIONS, shared.config.hostname.clone()).await;
+                return refuse(tcp, reply::TOO_MANY_CONNECTIONS).await;
             }
         },
     };
@@ -150,13 +150,9 @@ impl Drop for SourceSlot {
 }
 
 /// Answers a connection that will not be served with one reply, and closes it.
-pub async fn refuse(tcp: TcpStream, r: Reply, hostname: String) {
+pub async fn refuse(tcp: TcpStream, r: Reply) {
     let mut line = Vec::with_capacity(128);
-    if r.code == 421 {
-        reply::write_closing(&mut line, &hostname, r);
-    } else {
-        r.write_to(&mut line);
-    }
+    r.write_to(&mut line);
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.write_all(line)).await;
     let _ = tcp.shutdown(std::net::Shutdown::Both);
 }

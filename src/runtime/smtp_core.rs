@@ -289,11 +289,7 @@ async fn accept_loop(core: Rc<SmtpCore>, listener: tokio_uring::net::TcpListener
         };
         if core.connections.get() >= cap {
             core.obs.refused_core_full();
-            tokio_uring::spawn(conn::refuse(
-                tcp,
-                crate::smtp::reply::TOO_MANY_CONNECTIONS,
-                core.shared.config.hostname.clone(),
-            ));
+            tokio_uring::spawn(conn::refuse(tcp, crate::smtp::reply::TOO_MANY_CONNECTIONS));
             continue;
         }
         core.connections.set(core.connections.get() + 1);
