@@ -263,6 +263,13 @@ fn print_summary(
         (false, _) => "not pinned (cores.pin = false)",
     };
     println!("cores: {smtp_cores} SMTP, {delivery_cores} delivery, {pinned}");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if c.cores.smtp == 0 && cpus.saturating_sub(delivery_cores) > crate::config::SMTP_CORES_MAX {
+        println!(
+            "cores: cores.smtp = 0 on {cpus} CPUs, capped at {} SMTP cores (queue ids carry the core number in 8 bits)",
+            crate::config::SMTP_CORES_MAX
+        );
+    }
     println!("spool: {} (fsync = {:?})", c.spool.dir.display(), c.spool.fsync);
     if c.admin.enabled {
         println!("admin: http://{}/metrics", c.admin.listen);
