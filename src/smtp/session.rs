@@ -377,8 +377,10 @@ impl Session {
     fn reset_transaction(&mut self) {
         self.in_transaction = false;
         self.bdat = None;
-        // Keep the recipients' and ENVID's buffers for the next transaction.
-        self.spare_recipients.append(&mut self.envelope.recipients);
+        // Keep the recipients' and ENVID's buffers for the next transaction, in reverse so
+        // that `pop` hands the first RCPT the first recipient's buffers again (a client that
+        // sends the same shape of envelope every time then allocates nothing).
+        self.spare_recipients.extend(self.envelope.recipients.drain(..).rev());
         if let Some(envid) = self.envelope.envid.take() {
             self.spare_envid = envid;
         }
