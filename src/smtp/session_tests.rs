@@ -574,7 +574,6 @@ fn smaller_rfc_points() {
     h.text("RSET\r\n");
     assert_eq!(h.send(b"STARTTLS\r\n"), ("220 2.0.0 Ready to start TLS\r\n".to_string(), Some(Action::StartTls)));
     // AUTH needs EHLO, not HELO (and not nothing).
-    let mut cfg = cfg;
     cfg.auth = vec![Mechanism::Plain, Mechanism::Login];
     let mut h = Harness::new(cfg);
     assert_eq!(h.text("AUTH LOGIN\r\n"), "503 5.5.1 Send EHLO first\r\n");
