@@ -18,6 +18,10 @@ impl Host for BenchHost {
     fn date_rfc5322(&self) -> String {
         self.1.clone()
     }
+    fn write_date_rfc5322(&self, out: &mut Vec<u8>) {
+        // As the runtime's host does: copy a cached date, allocate nothing.
+        out.extend_from_slice(self.1.as_bytes());
+    }
     fn next_queue_id(&mut self) -> QueueId {
         self.0.next(1_764_000_000_000)
     }

@@ -40,21 +40,34 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// A per-thread cache of the RFC 5322 date of the current second.
+/// A per-thread cache of the RFC 5322 date of the current second, kept as the bytes that go
+/// into `Received:` headers: formatted into the same buffer once a second, copied out for
+/// every message, never allocated again after the first.
 #[derive(Default)]
 pub struct DateCache {
-    cached: RefCell<(u64, String)>,
+    cached: RefCell<(u64, Vec<u8>)>,
 }
 
 impl DateCache {
-    /// The RFC 5322 date for `unix_ms`, formatted at most once per second.
-    pub fn rfc5322(&self, unix_ms: u64) -> String {
+    /// Appends the RFC 5322 date for `unix_ms` to `out`, formatting it at most once per second.
+    pub fn write_rfc5322(&self, unix_ms: u64, out: &mut Vec<u8>) {
         let second = unix_ms / 1000;
         let mut c = self.cached.borrow_mut();
         if c.0 != second || c.1.is_empty() {
-            *c = (second, rfc5322(unix_ms));
+            c.0 = second;
+            c.1.clear();
+            let t = OffsetDateTime::from_unix_timestamp(second as i64).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            // Formatting a valid date into a Vec cannot fail.
+            let _ = t.format_into(&mut c.1, &Rfc2822);
         }
-        c.1.clone()
+        out.extend_from_slice(&c.1);
+    }
+
+    /// The RFC 5322 date for `unix_ms` as a String (cached likewise; the String is new).
+    pub fn rfc5322(&self, unix_ms: u64) -> String {
+        let mut out = Vec::with_capacity(32);
+        self.write_rfc5322(unix_ms, &mut out);
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
@@ -69,5 +82,10 @@ mod tests {
         assert_eq!(parse_rfc3339("2025-11-25T09:47:55.123Z"), Some(1_764_064_075_123));
         let c = DateCache::default();
         assert_eq!(c.rfc5322(1_764_064_075_999), "Tue, 25 Nov 2025 09:47:55 +0000");
+        // The next second is formatted afresh, into the same buffer.
+        let mut out = b"; ".to_vec();
+        c.write_rfc5322(1_764_064_076_000, &mut out);
+        assert_eq!(out, b"; Tue, 25 Nov 2025 09:47:56 +0000");
+        assert_eq!(c.rfc5322(1_764_064_076_500), rfc5322(1_764_064_076_500));
     }
 }

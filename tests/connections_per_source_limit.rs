@@ -42,8 +42,8 @@ fn ip(s: &str) -> IpAddr {
 
 fn assert_refused(c: &mut SmtpClient) {
     let r = c.reply();
-    assert_eq!(r.code, 421, "{r:?}");
-    assert!(r.text().starts_with("4.7.0 ") && r.text().ends_with("Too many connections"), "{r:?}");
+    assert_eq!(r.line(), "421 4.7.0 Too many connections", "spec section 5, verbatim: {r:?}");
+    assert_eq!(r.lines.len(), 1, "{r:?}");
     assert!(c.is_closed(), "closed after the 421");
 }
 

@@ -150,7 +150,93 @@ fn too_many_bad_commands_close_with_421() {
     }
     assert_eq!(c.cmd("FROB").code, 500);
     let r = c.reply();
-    assert_eq!(r.code, 421, "{r:?}");
-    assert!(r.text().starts_with("4.7.0"), "{r:?}");
+    assert_eq!(r.line(), "421 4.7.0 Too many errors, closing connection", "{r:?}");
     assert!(c.is_closed());
+}
+
+/// The `with` protocol in the stored `Received:` header (RFC 3848, RFC 6531 4.3), and MAIL or
+/// RCPT parameters after HELO refused with 555 (RFC 5321 4.1.1.11).
+#[test]
+fn received_protocol_names_and_helo_without_parameters() {
+    let relay = Relay::start_default();
+    let received_with = |id: &str| -> String {
+        let stored = spool_messages(&relay.spool());
+        let msg = String::from_utf8(stored[id].1.clone()).unwrap();
+        let with = msg.split(" with ").nth(1).unwrap().to_string();
+        with[..with.find(' ').unwrap()].to_string()
+    };
+    let mut c = relay.client();
+    c.reply();
+    assert_eq!(c.cmd("HELO client.test").code, 250);
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.test> SIZE=100").line(),
+        "555 5.5.4 MAIL and RCPT parameters need EHLO, not HELO"
+    );
+    assert_eq!(c.cmd("MAIL FROM:<a@example.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@dest.test> NOTIFY=FAILURE").code, 555);
+    let r = rcpt_and_data(&mut c, "b@dest.test", "Subject: helo\r\n\r\nx\r\n");
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(received_with(&r.queue_id().unwrap()), "SMTP");
+
+    let mut c = relay.client();
+    c.hello();
+    assert_eq!(c.cmd("MAIL FROM:<j\u{f6}rg@example.test> SMTPUTF8").code, 250);
+    let r = rcpt_and_data(&mut c, "b@dest.test", "Subject: utf8\r\n\r\nx\r\n");
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(received_with(&r.queue_id().unwrap()), "UTF8SMTP");
+
+    let mut c = relay.client();
+    c.hello();
+    let r = c.send_mail("a@example.test", &["b@dest.test"], "Subject: plain\r\n\r\nx\r\n");
+    assert_eq!(received_with(&r.queue_id().unwrap()), "ESMTP");
+}
+
+/// RCPT, DATA and a (dot-free) body after an accepted MAIL; the final reply.
+fn rcpt_and_data(c: &mut common::Client, rcpt: &str, body: &str) -> common::Reply {
+    assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")).code, 250);
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send(body.as_bytes());
+    c.send(b".\r\n");
+    c.reply()
+}
+
+/// `bare_line_feed = "normalize"` over a real socket: bare LFs are stored as CRLF, the
+/// smuggling vectors made of LFs never end the data (their "commands" are stored as content,
+/// one message), and a bare CR is still refused.
+#[test]
+fn normalize_mode_keeps_crlf_dot_crlf_the_only_end_of_data() {
+    let relay = Relay::start(
+        &common::DEFAULT_CONFIG.replace("relay = \"any\"", "relay = \"any\"\nbare_line_feed = \"normalize\""),
+    );
+    let smuggled = "MAIL FROM:<ceo@example.test>\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\nforged\r\n";
+    for vector in ["\n.\r\n", "\r\n.\n", "\n.\n"] {
+        let mut c = relay.client();
+        c.hello();
+        assert_eq!(c.cmd("MAIL FROM:<a@example.test>").code, 250);
+        assert_eq!(c.cmd("RCPT TO:<b@dest.test>").code, 250);
+        assert_eq!(c.cmd("DATA").code, 354);
+        c.send(format!("Subject: v\nX: lf\r\n\r\nbody{vector}{smuggled}.\r\n").as_bytes());
+        let r = c.reply();
+        assert_eq!(r.code, 250, "{vector:?}: {r:?}");
+        assert_eq!(c.cmd("NOOP").line(), "250 2.0.0 OK", "{vector:?}: one reply for one message");
+        let stored = spool_messages(&relay.spool());
+        let body = strip_received(&stored[&r.queue_id().unwrap()].1).to_vec();
+        assert!(
+            body.starts_with(b"Subject: v\r\nX: lf\r\n\r\nbody\r\n"),
+            "{vector:?}: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(body.ends_with(smuggled.as_bytes()), "{vector:?}: the smuggled commands are content");
+        assert!(body.windows(2).all(|w| w[1] != b'\n' || w[0] == b'\r'), "{vector:?}: every LF stored as CRLF");
+    }
+    let mut c = relay.client();
+    c.hello();
+    assert_eq!(c.cmd("MAIL FROM:<a@example.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@dest.test>").code, 250);
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send(format!("Subject: cr\r\n\r\nbody\r.\r{smuggled}.\r\n").as_bytes());
+    let r = c.reply();
+    assert!(r.code == 550 && r.text().starts_with("5.6.0"), "a bare CR is refused in normalize mode too: {r:?}");
+    assert_eq!(c.cmd("NOOP").line(), "250 2.0.0 OK");
+    assert_eq!(spool_messages(&relay.spool()).len(), 3);
 }

@@ -156,6 +156,18 @@ pub enum Pin {
 /// With `pin = "auto"`, machines with at least this many CPUs pin their core threads.
 pub const PIN_AUTO_CPUS_MIN: usize = 4;
 
+/// SMTP cores at most: queue ids carry the core number in 8 bits (`smtp::QueueId`), and
+/// check-config refuses a larger `cores.smtp`.
+pub const SMTP_CORES_MAX: usize = 255;
+
+/// `Config::smtp_cores` for `configured` (`cores.smtp`) on a machine with `cpus` CPUs.
+pub fn smtp_cores_for(configured: usize, delivery: usize, cpus: usize) -> usize {
+    if configured != 0 {
+        return configured;
+    }
+    cpus.saturating_sub(delivery).clamp(1, SMTP_CORES_MAX)
+}
+
 impl Serialize for Pin {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -688,17 +700,14 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
 
-    /// Number of SMTP cores to run.
     /// Number of SMTP cores to run. `cores.smtp = 0` means one per CPU that is not a delivery
-    /// core's (at least one): every thread then has a CPU of its own, which is what pinning
-    /// assumes. On 2 CPUs with 1 delivery core that is 1 SMTP core; measured there, it accepts
-    /// more than 2 SMTP cores sharing with delivery (tuning.md, "Cores and pinning").
+    /// core's (at least one, at most `SMTP_CORES_MAX`): every thread then has a CPU of its own,
+    /// which is what pinning assumes. On 2 CPUs with 1 delivery core that is 1 SMTP core;
+    /// measured there, it accepts more than 2 SMTP cores sharing with delivery (tuning.md,
+    /// "Cores and pinning").
     pub fn smtp_cores(&self) -> usize {
-        if self.cores.smtp != 0 {
-            return self.cores.smtp;
-        }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        cpus.saturating_sub(self.cores.delivery).max(1)
+        smtp_cores_for(self.cores.smtp, self.cores.delivery, cpus)
     }
 
     /// Whether core threads are pinned to CPUs (`cores.pin`, with `"auto"` resolved).

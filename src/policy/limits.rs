@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Rate, ReceiveConnector};
@@ -127,8 +128,9 @@ impl SourceConnections {
 pub enum Sender {
     /// An anonymous session: its client IP.
     Ip(IpAddr),
-    /// An authenticated session: its user, whatever address it comes from.
-    User(String),
+    /// An authenticated session: its user, whatever address it comes from. Shared, so that
+    /// counting a message does not copy the name (the tables are per core, never sent).
+    User(Rc<str>),
 }
 
 /// Message rate per (connector, sender), as GCRA (the generic cell rate algorithm, a token

@@ -33,6 +33,10 @@ const READ_BUF_MIN: usize = 16 * 1024;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed for the PROXY header, from accept (a proxy sends it at once).
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to send a last reply (`421`) before closing.
+const CLOSING_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed to send pending replies once the shutdown grace period is over.
+pub const ABORT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves one accepted connection to its end.
 pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: SocketAddr) {
@@ -45,7 +49,7 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
             if !proxy::is_trusted(peer.ip(), &policy.trusted) {
                 tracing::info!(%peer, %bind, "PROXY protocol connection from a peer that is not a trusted proxy");
                 core.obs.refused_proxy(); // obs hook
-                return refuse(tcp, reply::PROXY_REFUSED, shared.config.hostname.clone()).await;
+                return refuse(tcp, reply::PROXY_REFUSED).await;
             }
             match read_proxy_header(&tcp).await {
                 Ok((header, rest)) => {
@@ -58,7 +62,7 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
                 Err(why) => {
                     tracing::info!(%peer, %bind, why, "PROXY header refused");
                     core.obs.refused_proxy(); // obs hook
-                    return refuse(tcp, reply::PROXY_REFUSED, shared.config.hostname.clone()).await;
+                    return refuse(tcp, reply::PROXY_REFUSED).await;
                 }
             }
         }
@@ -66,7 +70,7 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
     let Some(connector) = shared.connectors.select(bind, client_ip) else {
         core.obs.refused_no_connector(); // obs hook
         tracing::debug!(%peer, %client_ip, %bind, "client matches no receive connector");
-        return refuse(tcp, reply::NO_CONNECTOR, shared.config.hostname.clone()).await;
+        return refuse(tcp, reply::NO_CONNECTOR).await;
     };
     let _slot = match shared.limits[connector].connections_per_source_max {
         None => None,
@@ -76,7 +80,7 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
                 core.obs.refused_per_source(); // obs hook
                 tracing::debug!(%client_ip, connector = %shared.config.receive_connectors[connector].name, max,
                     "max_connections_per_source reached");
-                return refuse(tcp, reply::TOO_MANY_CONNECTIONS, shared.config.hostname.clone()).await;
+                return refuse(tcp, reply::TOO_MANY_CONNECTIONS).await;
             }
         },
     };
@@ -97,7 +101,8 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
         }
     }
     let session = Session::new(Rc::clone(&core.session_configs[connector]), client_ip, stream.is_tls());
-    let mut driver = Driver { core: Rc::clone(&core), connector, session, stream, out: Output::default(), obs };
+    let mut driver =
+        Driver { core: Rc::clone(&core), connector, session, stream, out: Output::default(), obs, rate_user: None };
     driver.run(tls, early).await;
 }
 
@@ -150,13 +155,9 @@ impl Drop for SourceSlot {
 }
 
 /// Answers a connection that will not be served with one reply, and closes it.
-pub async fn refuse(tcp: TcpStream, r: Reply, hostname: String) {
+pub async fn refuse(tcp: TcpStream, r: Reply) {
     let mut line = Vec::with_capacity(128);
-    if r.code == 421 {
-        reply::write_closing(&mut line, &hostname, r);
-    } else {
-        r.write_to(&mut line);
-    }
+    r.write_to(&mut line);
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.write_all(line)).await;
     let _ = tcp.shutdown(std::net::Shutdown::Both);
 }
@@ -169,13 +170,17 @@ struct Driver {
     out: Output,
     /// Metrics, protocol log and tracking of this connection (`obs`).
     obs: crate::obs::ConnObs,
+    /// The authenticated user's name as the message-rate table keys it, made once per AUTH so
+    /// that every MAIL does not copy it.
+    rate_user: Option<Rc<str>>,
 }
 
 /// How a wait for input ended.
 enum Input {
     Data(Vec<u8>),
     Closed,
-    /// Shutdown started while the session was idle: tell the client and close.
+    /// Shutdown started while the session was idle, or the shutdown grace period ended:
+    /// tell the client and close.
     Stop,
 }
 
@@ -211,16 +216,22 @@ impl Driver {
                         rbuf.clear();
                     }
                     let Some(cfg) = tls.clone() else { return self.stream.shutdown() };
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, self.stream.start_tls_server(cfg)).await {
-                        Ok(Ok(())) => self.session.tls_started(),
+                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, self.stream.start_tls_server(cfg));
+                    match unless_aborted(&self.core, handshake).await {
+                        Some(Ok(Ok(()))) => self.session.tls_started(),
                         _ => return self.stream.shutdown(),
                     }
                     continue;
                 }
                 None => {}
             }
+            if self.core.stopping.get() {
+                // No new transaction from here on, not even one pipelined in `rbuf`.
+                self.session.drain();
+            }
             if !rbuf.is_empty() {
-                let mut host = SessionHost { core: &self.core, connector: self.connector };
+                let mut host =
+                    SessionHost { core: &self.core, connector: self.connector, rate_user: self.rate_user.as_ref() };
                 let used = self.obs.receive(&mut self.session, &rbuf, &mut host, &mut self.out);
                 rbuf.drain(..used);
                 if self.out.action.is_some() || !self.out.wire.is_empty() {
@@ -243,12 +254,12 @@ impl Driver {
                 Some(Input::Closed) => return self.stream.shutdown(),
                 Some(Input::Stop) => {
                     self.session.shutting_down(&mut self.out);
-                    let _ = self.flush(Duration::from_secs(5)).await;
+                    let _ = self.flush(CLOSING_WRITE_TIMEOUT).await;
                     return self.stream.shutdown();
                 }
                 None => {
                     self.session.timed_out(&mut self.out);
-                    let _ = self.flush(Duration::from_secs(5)).await;
+                    let _ = self.flush(CLOSING_WRITE_TIMEOUT).await;
                     return self.stream.shutdown();
                 }
             }
@@ -256,8 +267,12 @@ impl Driver {
     }
 
     /// Reads more input. None: the idle timeout expired (the socket must not be read again).
-    /// While shutting down, an idle session is told so instead of waiting for its timeout.
+    /// While shutting down, an idle session is told so instead of waiting for its timeout, and
+    /// once the shutdown grace period is over every session is (`Input::Stop`).
     async fn read(&mut self, buf: Vec<u8>, timeout: Duration) -> Option<Input> {
+        if self.core.aborting.get() {
+            return Some(Input::Stop);
+        }
         let before = buf.len();
         let read = self.stream.read(buf);
         tokio::pin!(read);
@@ -276,6 +291,8 @@ impl Driver {
                     });
                 }
                 () = &mut sleep => return None,
+                // The read stays abandoned; the caller never reads again.
+                () = self.core.abort.notified() => return Some(Input::Stop),
                 () = self.core.stop.notified(), if !stop_seen => {
                     stop_seen = true;
                     if self.session.is_idle() && before == 0 {
@@ -288,15 +305,24 @@ impl Driver {
         }
     }
 
-    /// Sends pending reply bytes. False if the client would not take them in time.
+    /// Sends pending reply bytes. False if the client would not take them in time, or the
+    /// shutdown grace period ended while it was not taking them. Once the grace period is
+    /// over, a client gets `ABORT_WRITE_TIMEOUT` to take what is pending (its `250`, its `421`).
     async fn flush(&mut self, timeout: Duration) -> bool {
         if self.out.wire.is_empty() {
             return true;
         }
         self.obs.sent(&self.out.wire); // obs hook: reject counters, protocol log
         let wire = std::mem::take(&mut self.out.wire);
-        match tokio::time::timeout(timeout, self.stream.write_all(wire)).await {
-            Ok((Ok(()), mut wire)) => {
+        let written = if self.core.aborting.get() {
+            tokio::time::timeout(timeout.min(ABORT_WRITE_TIMEOUT), self.stream.write_all(wire)).await.ok()
+        } else {
+            unless_aborted(&self.core, tokio::time::timeout(timeout, self.stream.write_all(wire)))
+                .await
+                .and_then(Result::ok)
+        };
+        match written {
+            Some((Ok(()), mut wire)) => {
                 wire.clear();
                 self.out.wire = wire;
                 true
@@ -315,8 +341,7 @@ impl Driver {
             match core.spool.append(self.session.envelope(), self.session.message()).await {
                 Ok(spool_ref) => {
                     let env = self.session.envelope();
-                    let all: Vec<u32> = (0..env.recipients.len() as u32).collect();
-                    core.hand_off(&spool_ref, env, &all, false);
+                    core.hand_off(&spool_ref, env, 0..env.recipients.len() as u32, false);
                     self.obs.received(env, self.session.message(), end_of_data); // obs hook: RECEIVE
                     Ok(())
                 }
@@ -356,6 +381,9 @@ impl Driver {
             }
             ok
         };
+        if ok {
+            self.rate_user = Some(Rc::from(user.as_str()));
+        }
         if !ok {
             let ip = self.session.envelope().client_ip;
             let limits = &shared.limits[self.connector];
@@ -368,10 +396,24 @@ impl Driver {
     }
 }
 
+/// Runs `op` unless the shutdown grace period ends first: None then, and the caller shuts the
+/// socket down, which ends the abandoned operation (tokio-uring cannot cancel it).
+async fn unless_aborted<F: std::future::Future>(core: &SmtpCore, op: F) -> Option<F::Output> {
+    if core.aborting.get() {
+        return None;
+    }
+    tokio::select! {
+        out = op => Some(out),
+        () = core.abort.notified() => None,
+    }
+}
+
 /// The `Host` a session asks: this core's clock cache, queue ids and policy.
 struct SessionHost<'a> {
     core: &'a SmtpCore,
     connector: usize,
+    /// `Driver::rate_user`.
+    rate_user: Option<&'a Rc<str>>,
 }
 
 impl Host for SessionHost<'_> {
@@ -383,6 +425,10 @@ impl Host for SessionHost<'_> {
         self.core.date()
     }
 
+    fn write_date_rfc5322(&self, out: &mut Vec<u8>) {
+        self.core.write_date(out);
+    }
+
     fn next_queue_id(&mut self) -> QueueId {
         self.core.next_queue_id()
     }
@@ -392,9 +438,10 @@ impl Host for SessionHost<'_> {
             return Err(reply::NO_STORAGE);
         }
         if let Some(rate) = self.core.shared.limits[self.connector].message_rate {
-            let sender = match &envelope.auth_user {
-                Some(user) => Sender::User(user.clone()),
-                None => Sender::Ip(envelope.client_ip),
+            let sender = match (envelope.auth_user.as_deref(), self.rate_user) {
+                (None, _) => Sender::Ip(envelope.client_ip),
+                (Some(user), Some(name)) if **name == *user => Sender::User(Rc::clone(name)),
+                (Some(user), _) => Sender::User(Rc::from(user)),
             };
             let now = crate::clock::now();
             if self.core.limits.borrow_mut().rates.check(self.connector, sender, rate, now).is_err() {

@@ -274,11 +274,26 @@ fn print_summary(
     };
     let spool = c.spool.dir.display();
     let fsync = format!("{:?}", c.spool.fsync).to_lowercase();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let capped = c.cores.smtp == 0 && cpus.saturating_sub(delivery_cores) > crate::config::SMTP_CORES_MAX;
     if json {
         tracing::info!(smtp = smtp_cores, delivery = delivery_cores, pinned, "cores");
+        if capped {
+            tracing::info!(
+                cpus,
+                smtp_cores_max = crate::config::SMTP_CORES_MAX,
+                "cores.smtp = 0 capped (queue ids carry the core number in 8 bits)"
+            );
+        }
         tracing::info!(dir = %spool, fsync, "spool");
     } else {
         println!("cores: {smtp_cores} SMTP, {delivery_cores} delivery, {pinned}");
+        if capped {
+            println!(
+                "cores: cores.smtp = 0 on {cpus} CPUs, capped at {} SMTP cores (queue ids carry the core number in 8 bits)",
+                crate::config::SMTP_CORES_MAX
+            );
+        }
         println!("spool: {spool} (fsync = {fsync:?})");
     }
     match (c.admin.enabled, json) {

@@ -47,6 +47,11 @@ pub struct SmtpCore {
     pub stopping: Cell<bool>,
     /// Woken when shutdown starts.
     pub stop: Notify,
+    /// Set once the shutdown grace period is over: every session still open is told
+    /// `421 4.3.2` and its socket shut down.
+    pub aborting: Cell<bool>,
+    /// Woken when the grace period is over.
+    pub abort: Notify,
     /// This core itself, for tasks it spawns.
     me: RefCell<std::rc::Weak<SmtpCore>>,
     /// This core's counters, tracking and protocol log buffers.
@@ -59,21 +64,34 @@ impl SmtpCore {
         self.ids.borrow_mut().next(crate::clock::unix_ms())
     }
 
-    /// Today's RFC 5322 date, cached per second.
+    /// Appends the current RFC 5322 date (cached per second) to `out`.
+    pub fn write_date(&self, out: &mut Vec<u8>) {
+        self.dates.write_rfc5322(crate::clock::unix_ms(), out);
+    }
+
+    /// The current RFC 5322 date as a String.
     pub fn date(&self) -> String {
         self.dates.rfc5322(crate::clock::unix_ms())
     }
 
-    /// Hands a durable message to the delivery cores of its recipients' domains.
-    pub fn hand_off(&self, spool_ref: &SpoolRef, envelope: &Envelope, rcpts: &[u32], recovered: bool) {
+    /// Hands a durable message to the delivery cores of its recipients' domains: `rcpts` are
+    /// indices into `envelope.recipients`. Each delivery core that gets recipients gets one job
+    /// with its own list (the one allocation a hand-off needs: the list crosses threads).
+    pub fn hand_off(
+        &self,
+        spool_ref: &SpoolRef,
+        envelope: &Envelope,
+        rcpts: impl Iterator<Item = u32> + Clone,
+        recovered: bool,
+    ) {
         let cores = self.delivery.len();
-        let mut per_core: Vec<Vec<u32>> = vec![Vec::new(); cores];
-        for &i in rcpts {
-            if let Some(r) = envelope.recipients.get(i as usize) {
-                per_core[delivery_core_for(r.domain(), cores)].push(i);
-            }
-        }
-        for (core, rcpts) in per_core.into_iter().enumerate() {
+        for core in 0..cores {
+            let rcpts: Vec<u32> = rcpts
+                .clone()
+                .filter(|&i| {
+                    envelope.recipients.get(i as usize).is_some_and(|r| delivery_core_for(r.domain(), cores) == core)
+                })
+                .collect();
             if rcpts.is_empty() {
                 continue;
             }
@@ -182,7 +200,7 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         session_configs: shared.session_configs.iter().map(|c| Rc::new(c.clone())).collect(),
         shared: Arc::clone(&shared),
         spool,
-        ids: RefCell::new(QueueIdGen::new(u8::try_from(index).unwrap_or(u8::MAX), floor)),
+        ids: RefCell::new(QueueIdGen::new(queue_id_core(index), floor)),
         dates: DateCache::default(),
         limits: RefCell::new(CoreLimits::default()),
         auth_cache: RefCell::new(AuthCache::new(AUTH_CACHE_TTL, AUTH_CACHE_ENTRIES_MAX)),
@@ -191,6 +209,8 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         unwoken: Cell::new(0),
         stopping: Cell::new(false),
         stop: Notify::new(),
+        aborting: Cell::new(false),
+        abort: Notify::new(),
         me: RefCell::new(std::rc::Weak::new()),
         obs: Rc::new(obs),
     });
@@ -201,7 +221,7 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
     }
     for m in live {
         let RecoveredMessage { spool_ref, envelope, pending, .. } = m;
-        core.hand_off(&spool_ref, &envelope, &pending, true);
+        core.hand_off(&spool_ref, &envelope, pending.iter().copied(), true);
     }
     let inbox = Rc::new(inbox);
     let inbox_task = tokio_uring::spawn(inbox_loop(Rc::clone(&core), Rc::clone(&inbox)));
@@ -234,8 +254,20 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
         tracing::warn!(
             core = index,
             sessions = core.connections.get(),
-            "shutdown grace over; closing remaining sessions"
+            grace = ?grace,
+            "shutdown grace over; telling the remaining sessions 421 4.3.2 and closing them"
         );
+        core.aborting.set(true);
+        core.abort.notify_waiters();
+        // Each session sends its 421 (bounded by ABORT_WRITE_TIMEOUT) and shuts its socket
+        // down; a spool append in progress finishes first (it is never abandoned).
+        let deadline = crate::clock::now() + 2 * conn::ABORT_WRITE_TIMEOUT + std::time::Duration::from_secs(1);
+        while core.connections.get() > 0 && crate::clock::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if core.connections.get() > 0 {
+            tracing::warn!(core = index, sessions = core.connections.get(), "sessions still closing at exit");
+        }
     }
     let _ = drained.send(index);
     // Delivery cores finish their transactions and report; their outcomes go to this spool.
@@ -248,6 +280,13 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
     obs_task.abort();
     core.obs.flush();
     Ok(())
+}
+
+/// The core number queue ids carry. `Config::smtp_cores` never runs more than
+/// `SMTP_CORES_MAX` cores, so every core has its own; anything else would let ids collide.
+fn queue_id_core(index: u16) -> u8 {
+    assert!(usize::from(index) < crate::config::SMTP_CORES_MAX, "SMTP core {index} past SMTP_CORES_MAX");
+    u8::try_from(index).expect("below SMTP_CORES_MAX")
 }
 
 /// Every `obs::FLUSH_TICK`: hands log lines to the writer and refreshes the spool gauges.
@@ -289,11 +328,7 @@ async fn accept_loop(core: Rc<SmtpCore>, listener: tokio_uring::net::TcpListener
         };
         if core.connections.get() >= cap {
             core.obs.refused_core_full();
-            tokio_uring::spawn(conn::refuse(
-                tcp,
-                crate::smtp::reply::TOO_MANY_CONNECTIONS,
-                core.shared.config.hostname.clone(),
-            ));
+            tokio_uring::spawn(conn::refuse(tcp, crate::smtp::reply::TOO_MANY_CONNECTIONS));
             continue;
         }
         core.connections.set(core.connections.get() + 1);
@@ -320,8 +355,7 @@ async fn inbox_loop(core: Rc<SmtpCore>, inbox: Rc<Inbox<ToSmtp>>) {
                         let result = c.spool.append(&envelope, &message).await;
                         let queued = match result {
                             Ok(r) => {
-                                let all: Vec<u32> = (0..envelope.recipients.len() as u32).collect();
-                                c.hand_off(&r, &envelope, &all, false);
+                                c.hand_off(&r, &envelope, 0..envelope.recipients.len() as u32, false);
                                 Some(envelope.queue_id)
                             }
                             Err(e) => {
@@ -333,6 +367,33 @@ async fn inbox_loop(core: Rc<SmtpCore>, inbox: Rc<Inbox<ToSmtp>>) {
                     });
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SMTP_CORES_MAX, smtp_cores_for};
+
+    /// `cores.smtp = 0` on a host with more CPUs than queue ids have core numbers: capped, so
+    /// every core's ids carry a core number of their own.
+    #[test]
+    fn smtp_cores_are_capped_so_queue_ids_never_collide() {
+        assert_eq!(smtp_cores_for(0, 1, 2), 1);
+        assert_eq!(smtp_cores_for(0, 1, 1), 1, "at least one");
+        assert_eq!(smtp_cores_for(0, 4, 300), SMTP_CORES_MAX);
+        assert_eq!(smtp_cores_for(0, 1, 1024), SMTP_CORES_MAX);
+        assert_eq!(smtp_cores_for(0, 1, 256), SMTP_CORES_MAX);
+        assert_eq!(smtp_cores_for(0, 1, 255), 254);
+        assert_eq!(smtp_cores_for(7, 1, 1024), 7, "an explicit figure is kept (check-config bounds it)");
+        let cores = smtp_cores_for(0, 1, 4096);
+        let ids: std::collections::HashSet<QueueId> = (0..cores as u16)
+            .map(|i| QueueIdGen::new(queue_id_core(i), QueueId::default()).next(1_764_000_000_000))
+            .collect();
+        assert_eq!(ids.len(), cores, "the first id of every core is distinct");
+        for i in 0..cores as u16 {
+            assert_eq!(usize::from(queue_id_core(i)), usize::from(i));
         }
     }
 }

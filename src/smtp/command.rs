@@ -167,6 +167,8 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
                 b"NOOP" => Ok(Command::Noop),
                 b"QUIT" => no_args(Command::Quit),
                 b"HELP" => Ok(Command::Help),
+                // RFC 5321 4.1.1.6: VRFY takes a string; without one it is a syntax error.
+                b"VRFY" if rest.trim().is_empty() => Err(CommandError::Syntax),
                 b"VRFY" => Ok(Command::Vrfy),
                 b"EXPN" => Ok(Command::Expn),
                 b"AUTH" => parse_auth(rest),
@@ -204,10 +206,11 @@ fn parse_mail(rest: &str) -> Result<Command<'_>, CommandError> {
         let (key, value) = split_param(param);
         if key.eq_ignore_ascii_case("SIZE") {
             let v = value.ok_or(CommandError::BadParam)?;
-            if p.size.is_some() || v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            if p.size.is_some() || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(CommandError::BadParam);
             }
-            p.size = Some(v.parse().map_err(|_| CommandError::BadParam)?);
+            // A size past u64 is a size over any limit (552), not a malformed one.
+            p.size = Some(v.parse().unwrap_or(u64::MAX));
         } else if key.eq_ignore_ascii_case("BODY") {
             let v = value.ok_or(CommandError::BadParam)?;
             if p.body.is_some() {
@@ -301,7 +304,7 @@ fn parse_notify(v: &str) -> Option<Notify> {
     }
     let mut bits = 0;
     for word in v.split(',') {
-        bits |= if word.eq_ignore_ascii_case("SUCCESS") {
+        let bit = if word.eq_ignore_ascii_case("SUCCESS") {
             Notify::SUCCESS
         } else if word.eq_ignore_ascii_case("FAILURE") {
             Notify::FAILURE
@@ -310,6 +313,10 @@ fn parse_notify(v: &str) -> Option<Notify> {
         } else {
             return None; // includes NEVER combined with others
         };
+        if bits & bit != 0 {
+            return None; // RFC 3461 4.1: each keyword at most once
+        }
+        bits |= bit;
     }
     Some(Notify(bits))
 }
@@ -494,6 +501,10 @@ mod tests {
         assert_eq!(parse(b"XYZZ"), Err(CommandError::Unrecognized));
         assert_eq!(parse(b""), Err(CommandError::Unrecognized));
         assert_eq!(parse(b"EHLO"), Err(CommandError::HeloSyntax));
+        assert_eq!(parse(b"VRFY"), Err(CommandError::Syntax));
+        assert_eq!(parse(b"VRFY  "), Err(CommandError::Syntax));
+        assert_eq!(CommandError::Syntax.reply().line(), "501 5.5.4 Syntax error in parameters or arguments");
+        assert_eq!(parse(b"VRFY postmaster"), Ok(Command::Vrfy));
         assert_eq!(parse(b"\xff\xfe"), Err(CommandError::Unrecognized));
     }
 
@@ -515,6 +526,13 @@ mod tests {
         assert_eq!(mail("MAIL FROM:<a@b.test> FOO=1").unwrap_err(), CommandError::UnknownParam);
         assert_eq!(mail("MAIL FROM:<a@b.test> SIZE=x").unwrap_err(), CommandError::BadParam);
         assert_eq!(mail("MAIL FROM:<a@b.test> SIZE=1 SIZE=2").unwrap_err(), CommandError::BadParam);
+        assert_eq!(mail("MAIL FROM:<a@b.test> SIZE=").unwrap_err(), CommandError::BadParam);
+        assert_eq!(mail("MAIL FROM:<a@b.test> SIZE=-1").unwrap_err(), CommandError::BadParam);
+        // Past u64: over any limit, which the session answers 552.
+        assert_eq!(mail("MAIL FROM:<a@b.test> SIZE=18446744073709551615").unwrap().1.size, Some(u64::MAX));
+        assert_eq!(mail("MAIL FROM:<a@b.test> SIZE=18446744073709551616").unwrap().1.size, Some(u64::MAX));
+        assert_eq!(mail("MAIL FROM:<a@b.test> SIZE=99999999999999999999999999").unwrap().1.size, Some(u64::MAX));
+        assert_eq!(mail("MAIL FROM:<a@b.test> SIZE=18446744073709551614").unwrap().1.size, Some(u64::MAX - 1));
         assert_eq!(mail("MAIL FROM:<a@b.test> BODY=BINARYMIME").unwrap_err(), CommandError::UnknownParam);
         assert_eq!(mail("MAIL FROM:<a@b.test> ENVID=a=b").unwrap_err(), CommandError::BadParam);
         assert_eq!(mail("MAIL FROM:<a@b.test> ENVID=a+2").unwrap_err(), CommandError::BadParam);
@@ -550,6 +568,10 @@ mod tests {
         }
         assert!(matches!(parse(b"RCPT TO:<Postmaster>"), Ok(Command::Rcpt { .. })));
         assert_eq!(parse(b"RCPT TO:<b@c.test> NOTIFY=NEVER,SUCCESS"), Err(CommandError::BadParam));
+        assert_eq!(parse(b"RCPT TO:<b@c.test> NOTIFY=SUCCESS,SUCCESS"), Err(CommandError::BadParam));
+        assert_eq!(parse(b"RCPT TO:<b@c.test> NOTIFY=delay,FAILURE,Delay"), Err(CommandError::BadParam));
+        assert_eq!(parse(b"RCPT TO:<b@c.test> NOTIFY=NEVER,NEVER"), Err(CommandError::BadParam));
+        assert_eq!(parse(b"RCPT TO:<b@c.test> NOTIFY="), Err(CommandError::BadParam));
         assert_eq!(parse(b"RCPT TO:<b@c.test> ORCPT=b@c.test"), Err(CommandError::BadParam));
         assert_eq!(parse(b"RCPT TO:<>"), Err(CommandError::BadRecipient));
         assert_eq!(parse(b"RCPT TO:<b@c.test> SIZE=1"), Err(CommandError::UnknownParam));

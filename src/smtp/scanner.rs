@@ -492,6 +492,60 @@ mod tests {
             }
         }
 
+        #[test]
+        fn data_scanner_every_single_split_normalize(input in data_alphabet()) {
+            let whole = naive_data(&input, BareLf::Normalize);
+            for cut in 0..=input.len() {
+                prop_assert_eq!(&feed_chunked(&input, &[cut], BareLf::Normalize), &whole);
+            }
+        }
+
+        #[test]
+        fn bdat_every_single_split(input in data_alphabet(), normalize in any::<bool>()) {
+            let mode = if normalize { BareLf::Normalize } else { BareLf::Reject };
+            let whole = naive_bdat(&input, mode);
+            for cut in 0..=input.len() {
+                // Two chunks meeting at the cut, and one chunk read in two parts split there.
+                prop_assert_eq!(&bdat_chunked(&input, &[cut], mode), &whole, "two chunks at {}", cut);
+                prop_assert_eq!(&bdat_one_chunk_split(&input, cut, mode), &whole, "one chunk read at {}", cut);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100))]
+        #[test]
+        fn line_scanner_every_single_split(
+            density in 3u16..700,
+            input in proptest::collection::vec(any::<u16>(), 0..700),
+        ) {
+            let input: Vec<u8> = input
+                .iter()
+                .map(|&b| match b % density { 0 => b'\n', 1 => b'\r', _ => b'a' })
+                .collect();
+            let whole = naive_lines(&input, 512);
+            for cut in 0..=input.len() {
+                prop_assert_eq!(&lines_chunked(&input, &[cut]), &whole, "cut at {}", cut);
+            }
+        }
+    }
+
+    /// Lines of every length around the limit, each at every split: the edge a random input
+    /// rarely hits exactly (509..=514 octets with CRLF, or the same with a bare LF).
+    #[test]
+    fn line_scanner_limit_edges_at_every_split() {
+        for len in 509..=514 {
+            for ending in [&b"\r\n"[..], b"\n"] {
+                let mut input = vec![b'a'; len - ending.len()];
+                input.extend_from_slice(ending);
+                input.extend_from_slice(b"NOOP\r\n");
+                let whole = naive_lines(&input, 512);
+                assert_eq!(whole.len(), 2);
+                for cut in 0..=input.len() {
+                    assert_eq!(lines_chunked(&input, &[cut]), whole, "len {len} cut at {cut}");
+                }
+            }
+        }
     }
 
     #[derive(Debug, PartialEq)]
@@ -600,6 +654,67 @@ mod tests {
         }
         let v = s.finish();
         (body, v.bare_lf, v.bare_cr)
+    }
+
+    /// BDAT: the whole input as one chunk, read in two parts split at `cut`, with the next
+    /// command's bytes behind it (which the scanner must not take).
+    fn bdat_one_chunk_split(input: &[u8], cut: usize, mode: BareLf) -> (Vec<u8>, bool, bool) {
+        let mut s = BdatScanner::new(u64::MAX, mode);
+        let mut body = Vec::new();
+        s.start_chunk(input.len() as u64);
+        let first = s.feed(&input[..cut], &mut body);
+        assert_eq!(first.consumed, cut);
+        assert_eq!(first.done, cut == input.len());
+        let mut rest = input[cut..].to_vec();
+        rest.extend_from_slice(b"BDAT 0 LAST\r\n");
+        let second = s.feed(&rest, &mut body);
+        assert_eq!((second.consumed, second.done), (input.len() - cut, true));
+        let v = s.finish();
+        assert_eq!(v.size, body.len() as u64);
+        (body, v.bare_lf, v.bare_cr)
+    }
+
+    /// The named smuggling vectors in `normalize` mode, at every split: the data ends at the
+    /// literal `<CRLF>.<CRLF>` placed after them and nowhere else, and what the vector and the
+    /// "commands" behind it hold is kept as content, bare LFs turned into CRLF.
+    #[test]
+    fn smuggling_vectors_in_normalize_mode_end_only_at_crlf_dot_crlf() {
+        let vectors: &[&[u8]] = &[
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\n.\n",
+            b"\r.\r",
+            b"\r\n.\r",
+            b"\r.\r\n",
+            b"\n.\r",
+            b"\r\n.\r\r\n",
+            b"\n\n.\n\n",
+            b"\r\n.\n.\r\n",
+        ];
+        for v in vectors {
+            let mut input = b"Subject: x\r\n\r\nbody".to_vec();
+            input.extend_from_slice(v);
+            input.extend_from_slice(b"MAIL FROM:<evil@example.test>\r\n");
+            let end = input.len() + 3; // after the `.CRLF` that follows this CRLF
+            input.extend_from_slice(b".\r\nQUIT\r\n");
+            let name = String::from_utf8_lossy(v);
+            let whole = naive_data(&input, BareLf::Normalize).expect("the literal end is there");
+            assert_eq!(whole.1, end, "{name:?}: the oracle ends at the literal CRLF.CRLF");
+            assert!(whole.0.ends_with(b"MAIL FROM:<evil@example.test>\r\n"), "{name:?}");
+            assert!(whole.2 || whole.3, "{name:?} is flagged");
+            for cut in 0..=input.len() {
+                let got = feed_chunked(&input, &[cut], BareLf::Normalize);
+                assert_eq!(got.as_ref(), Some(&whole), "{name:?} cut at {cut}");
+            }
+            let mut s = DataScanner::new(1 << 20, BareLf::Normalize);
+            let mut body = Vec::new();
+            s.feed(&input[..end], &mut body);
+            let lf_only = !whole.3;
+            assert_eq!(!s.verdict().refuse_line_endings(BareLf::Normalize), lf_only, "{name:?}");
+            if lf_only {
+                assert!(body.windows(2).all(|w| w[1] != b'\n' || w[0] == b'\r'), "{name:?}: LF stored as CRLF");
+            }
+        }
     }
 
     /// Named SMTP-smuggling vectors: none of them may end the data early.

@@ -11,6 +11,7 @@
 //! - input after an action is not looked at until the action completes, so pipelined commands
 //!   are answered in order and nothing pipelined after STARTTLS is ever executed.
 
+use std::io::Write;
 use std::net::IpAddr;
 use std::rc::Rc;
 
@@ -55,6 +56,12 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     /// The current date in RFC 5322 form, e.g. `Wed, 25 Nov 2026 15:47:55 +0000`.
     fn date_rfc5322(&self) -> String;
+    /// Appends the current date in RFC 5322 form to `out`: what the session calls, once per
+    /// message. The default goes through `date_rfc5322`; a host on the hot path overrides it
+    /// to copy a cached date without allocating.
+    fn write_date_rfc5322(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.date_rfc5322().as_bytes());
+    }
     /// A fresh queue id.
     fn next_queue_id(&mut self) -> QueueId;
     /// May this session start a transaction now (backpressure, rate limits)?
@@ -140,6 +147,13 @@ pub struct Session {
     bad_commands: u32,
     auth_user: String,
     auth_pass: String,
+    /// The relay is shutting down: no new transaction may start.
+    draining: bool,
+    /// Recipients of finished transactions, kept for their buffers: RCPT reuses one instead of
+    /// allocating (at most `max_recipients` are ever held).
+    spare_recipients: Vec<Recipient>,
+    /// The buffer of the last `ENVID=`, reused likewise.
+    spare_envid: String,
 }
 
 impl Session {
@@ -159,6 +173,9 @@ impl Session {
             bad_commands: 0,
             auth_user: String::new(),
             auth_pass: String::new(),
+            draining: false,
+            spare_recipients: Vec::new(),
+            spare_envid: String::new(),
         }
     }
 
@@ -261,13 +278,19 @@ impl Session {
                     }
                     Line::TooLong { consumed } => {
                         pos += consumed;
-                        self.reject(reply::LINE_TOO_LONG, out);
+                        if self.in_sasl_exchange() {
+                            // Never read the next line as a secret: the exchange is over.
+                            self.end_sasl();
+                            self.reject(reply::AUTH_LINE_TOO_LONG, out);
+                        } else {
+                            self.reject(reply::LINE_TOO_LONG, out);
+                        }
                     }
                     Line::Complete { line, bare_lf, consumed } => {
                         pos += consumed;
                         if bare_lf && self.cfg.bare_lf == BareLf::Reject {
                             if self.in_sasl_exchange() {
-                                self.phase = Phase::Command;
+                                self.end_sasl();
                             }
                             self.reject(reply::COMMAND_BARE_LF, out);
                         } else if self.in_sasl_exchange() {
@@ -326,16 +349,24 @@ impl Session {
 
     /// The idle timeout expired: `421 4.4.2` and close.
     pub fn timed_out(&mut self, out: &mut Output) {
-        reply::write_closing(&mut out.wire, &self.cfg.hostname, reply::TIMEOUT);
+        reply::TIMEOUT.write_to(&mut out.wire);
         out.action = Some(Action::Close);
         self.phase = Phase::Closed;
     }
 
-    /// The relay is shutting down: `421 4.3.2` and close (between transactions only).
+    /// The relay is shutting down: `421 4.3.2` and close. The runtime calls it between
+    /// transactions, and for every session still open when the shutdown grace period ends.
     pub fn shutting_down(&mut self, out: &mut Output) {
-        reply::write_closing(&mut out.wire, &self.cfg.hostname, reply::SHUTTING_DOWN);
+        reply::SHUTTING_DOWN.write_to(&mut out.wire);
         out.action = Some(Action::Close);
         self.phase = Phase::Closed;
+    }
+
+    /// The relay started shutting down: the transaction in progress may finish, but a MAIL
+    /// that would start another one (pipelined, say, behind the end of data) is answered
+    /// `421 4.3.2` and the session closes.
+    pub fn drain(&mut self) {
+        self.draining = true;
     }
 
     /// The session is between transactions (no message half received or being stored).
@@ -346,6 +377,13 @@ impl Session {
     fn reset_transaction(&mut self) {
         self.in_transaction = false;
         self.bdat = None;
+        // Keep the recipients' and ENVID's buffers for the next transaction, in reverse so
+        // that `pop` hands the first RCPT the first recipient's buffers again (a client that
+        // sends the same shape of envelope every time then allocates nothing).
+        self.spare_recipients.extend(self.envelope.recipients.drain(..).rev());
+        if let Some(envid) = self.envelope.envid.take() {
+            self.spare_envid = envid;
+        }
         self.envelope.reset_transaction();
         self.message.clear();
         // A 25 MiB message should not pin 25 MiB per idle connection.
@@ -359,7 +397,7 @@ impl Session {
         r.write_to(&mut out.wire);
         self.bad_commands += 1;
         if self.bad_commands > self.cfg.max_bad_commands {
-            reply::write_closing(&mut out.wire, &self.cfg.hostname, reply::TOO_MANY_ERRORS);
+            reply::TOO_MANY_ERRORS.write_to(&mut out.wire);
             out.action = Some(Action::Close);
         }
     }
@@ -399,35 +437,16 @@ impl Session {
         self.greeted = Some(extended);
         self.envelope.helo.clear();
         self.envelope.helo.push_str(name);
-        let host = &self.cfg.hostname;
-        let ip = self.envelope.client_ip;
+        let (host, ip) = (&self.cfg.hostname, self.envelope.client_ip);
         if !extended {
-            let text = format!("{host} Hello [{ip}]");
-            reply::write_line(&mut out.wire, 250, ' ', "", &text);
-            return;
+            return reply::write_helo(&mut out.wire, host, ip);
         }
-        let mut lines: Vec<String> = vec![
-            format!("{host} Hello [{ip}]"),
-            "PIPELINING".into(),
-            format!("SIZE {}", self.cfg.max_message_size),
-            "8BITMIME".into(),
-            "ENHANCEDSTATUSCODES".into(),
-            "SMTPUTF8".into(),
-            "CHUNKING".into(),
-            "DSN".into(),
-        ];
-        if self.cfg.starttls && !self.envelope.tls {
-            lines.push("STARTTLS".into());
-        }
-        if self.auth_offered() {
-            let mechs: Vec<&str> = self.cfg.auth.iter().map(|m| m.name()).collect();
-            lines.push(format!("AUTH {}", mechs.join(" ")));
-        }
-        lines.push("HELP".into());
-        let last = lines.len() - 1;
-        for (i, text) in lines.iter().enumerate() {
-            reply::write_line(&mut out.wire, 250, if i == last { ' ' } else { '-' }, "", text);
-        }
+        let ext = reply::Extensions {
+            size_max: self.cfg.max_message_size,
+            starttls: self.cfg.starttls && !self.envelope.tls,
+            auth: if self.auth_offered() { &self.cfg.auth } else { &[] },
+        };
+        reply::write_ehlo(&mut out.wire, host, ip, ext);
     }
 
     /// AUTH is offered on connectors with users, and where TLS is required only under TLS.
@@ -436,8 +455,18 @@ impl Session {
     }
 
     fn mail(&mut self, path: Path<'_>, params: MailParams<'_>, host: &mut dyn Host, out: &mut Output) {
+        if self.draining {
+            return self.shutting_down(out);
+        }
         if self.greeted.is_none() {
             return self.reject(reply::NEED_HELO, out);
+        }
+        if self.greeted == Some(false) && params != MailParams::default() {
+            return self.reject(reply::PARAMS_NEED_EHLO, out);
+        }
+        if params.auth.is_some() && !self.auth_offered() {
+            // RFC 4954 5: AUTH= is a parameter of the AUTH extension, not offered here.
+            return self.reject(reply::UNKNOWN_PARAM, out);
         }
         if self.in_transaction {
             return self.reject(reply::NESTED_MAIL, out);
@@ -468,7 +497,12 @@ impl Session {
         e.smtputf8 = params.smtputf8;
         e.size_declared = params.size;
         e.ret = params.ret;
-        e.envid = params.envid.map(str::to_string);
+        e.envid = params.envid.map(|envid| {
+            let mut buf = std::mem::take(&mut self.spare_envid);
+            buf.clear();
+            buf.push_str(envid);
+            buf
+        });
         self.in_transaction = true;
         reply::SENDER_OK.write_to(&mut out.wire);
     }
@@ -480,6 +514,9 @@ impl Session {
         if self.bdat.is_some() {
             return self.reject(reply::NOT_IN_TRANSACTION, out);
         }
+        if self.greeted == Some(false) && params != RcptParams::default() {
+            return self.reject(reply::PARAMS_NEED_EHLO, out);
+        }
         if path.utf8 && !self.envelope.smtputf8 {
             return reply::NEEDS_SMTPUTF8.write_to(&mut out.wire);
         }
@@ -489,11 +526,19 @@ impl Session {
         if let Err(r) = host.check_rcpt(&self.envelope, path.address) {
             return r.write_to(&mut out.wire);
         }
-        self.envelope.recipients.push(Recipient {
-            address: path.address.to_string(),
-            notify: params.notify,
-            orcpt: params.orcpt.map(str::to_string),
-        });
+        let mut r = self.spare_recipients.pop().unwrap_or_default();
+        r.address.clear();
+        r.address.push_str(path.address);
+        r.notify = params.notify;
+        match params.orcpt {
+            Some(orcpt) => {
+                let buf = r.orcpt.get_or_insert_with(String::new);
+                buf.clear();
+                buf.push_str(orcpt);
+            }
+            None => r.orcpt = None,
+        }
+        self.envelope.recipients.push(r);
         reply::RECIPIENT_OK.write_to(&mut out.wire);
     }
 
@@ -508,39 +553,28 @@ impl Session {
         Ok(())
     }
 
-    /// Starts the stored message with our trace header (RFC 5321 4.4).
+    /// Starts the stored message with our trace header (RFC 5321 4.4), written straight into
+    /// the message buffer.
     fn begin_message(&mut self, host: &mut dyn Host) {
         self.envelope.queue_id = host.next_queue_id();
         self.envelope.received_at_ms = host.now_ms();
-        self.message.clear();
         let e = &self.envelope;
-        let utf8 = if e.smtputf8 { "UTF8" } else { "" };
-        let esmtp = if self.greeted == Some(true) { "ESMTP" } else { "SMTP" };
-        let with = match (e.tls, e.auth_user.is_some()) {
-            (false, false) => format!("{utf8}{esmtp}"),
-            (true, false) => format!("{utf8}{esmtp}S"),
-            (false, true) => format!("{utf8}{esmtp}A"),
-            (true, true) => format!("{utf8}{esmtp}SA"),
-        };
-        let helo: String = e.helo.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')').collect();
-        let header = match e.recipients.as_slice() {
-            [only] => format!(
-                "Received: from {helo} ([{}])\r\n\tby {} (ringrelay) with {with} id {}\r\n\tfor <{}>; {}\r\n",
-                e.client_ip,
-                self.cfg.hostname,
-                e.queue_id,
-                only.address,
-                host.date_rfc5322()
-            ),
-            _ => format!(
-                "Received: from {helo} ([{}])\r\n\tby {} (ringrelay) with {with} id {}; {}\r\n",
-                e.client_ip,
-                self.cfg.hostname,
-                e.queue_id,
-                host.date_rfc5322()
-            ),
-        };
-        self.message.extend_from_slice(header.as_bytes());
+        let with = received_protocol(self.greeted == Some(true), e.smtputf8, e.tls, e.auth_user.is_some());
+        let m = &mut self.message;
+        m.clear();
+        m.extend_from_slice(b"Received: from ");
+        // The client's name, without what would break the header or open a comment.
+        for c in e.helo.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')') {
+            m.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        }
+        let _ =
+            write!(m, " ([{}])\r\n\tby {} (ringrelay) with {with} id {}", e.client_ip, self.cfg.hostname, e.queue_id);
+        if let [only] = e.recipients.as_slice() {
+            let _ = write!(m, "\r\n\tfor <{}>", only.address);
+        }
+        m.extend_from_slice(b"; ");
+        host.write_date_rfc5322(m);
+        m.extend_from_slice(b"\r\n");
     }
 
     fn data(&mut self, host: &mut dyn Host, out: &mut Output) {
@@ -618,6 +652,10 @@ impl Session {
         if !self.cfg.starttls {
             return self.reject(reply::TLS_NOT_AVAILABLE, out);
         }
+        if self.in_transaction {
+            // RFC 3207 4.2 resets the session: a half-given envelope would be lost silently.
+            return self.reject(reply::NOT_IN_TRANSACTION, out);
+        }
         reply::READY_TLS.write_to(&mut out.wire);
         out.action = Some(Action::StartTls);
     }
@@ -630,7 +668,7 @@ impl Session {
             return reply::TLS_REQUIRED.write_to(&mut out.wire);
         }
         if self.greeted != Some(true) {
-            return self.reject(reply::NEED_HELO, out);
+            return self.reject(reply::NEED_EHLO, out);
         }
         if self.envelope.auth_user.is_some() {
             return self.reject(reply::AUTH_ALREADY, out);
@@ -687,10 +725,16 @@ impl Session {
         }
     }
 
+    /// Leaves a SASL exchange without an outcome: back to commands, nothing half-read kept.
+    fn end_sasl(&mut self) {
+        self.phase = Phase::Command;
+        self.auth_user.clear();
+        self.auth_pass.clear();
+    }
+
     fn sasl_response(&mut self, line: &[u8], out: &mut Output) {
         if line == b"*" {
-            self.phase = Phase::Command;
-            self.auth_user.clear();
+            self.end_sasl();
             return reply::AUTH_CANCELLED.write_to(&mut out.wire);
         }
         match self.phase {
@@ -716,6 +760,23 @@ impl Session {
             }
             _ => unreachable!("sasl_response outside a SASL exchange"),
         }
+    }
+}
+
+/// The `with` protocol of the `Received:` header: RFC 3848 (`ESMTP`, `ESMTPA`, `ESMTPS`,
+/// `ESMTPSA`) and RFC 6531 4.3 (`UTF8SMTP`, `UTF8SMTPA`, `UTF8SMTPS`, `UTF8SMTPSA`). After HELO
+/// it is plain `SMTP`: no extension was in use, and no `SMTPS` type is registered.
+fn received_protocol(extended: bool, utf8: bool, tls: bool, auth: bool) -> &'static str {
+    match (extended, utf8, tls, auth) {
+        (false, ..) => "SMTP",
+        (true, false, false, false) => "ESMTP",
+        (true, false, false, true) => "ESMTPA",
+        (true, false, true, false) => "ESMTPS",
+        (true, false, true, true) => "ESMTPSA",
+        (true, true, false, false) => "UTF8SMTP",
+        (true, true, false, true) => "UTF8SMTPA",
+        (true, true, true, false) => "UTF8SMTPS",
+        (true, true, true, true) => "UTF8SMTPSA",
     }
 }
 

@@ -216,10 +216,7 @@ fn too_many_bad_commands_close_the_session() {
         assert!(h.text("BOGUS\r\n").starts_with("500 5.5.2"));
     }
     let (t, a) = h.send(b"BOGUS\r\nNOOP\r\n");
-    assert_eq!(
-        t,
-        "500 5.5.2 Syntax error, command unrecognized\r\n421 4.7.0 relay.test Too many errors, closing connection\r\n"
-    );
+    assert_eq!(t, "500 5.5.2 Syntax error, command unrecognized\r\n421 4.7.0 Too many errors, closing connection\r\n");
     assert_eq!(a, Some(Action::Close));
     assert!(h.s.is_closed());
 }
@@ -414,7 +411,7 @@ fn timeouts_close_with_421() {
     assert_eq!(h.s.timeout_kind(), TimeoutKind::Data);
     let mut out = Output::default();
     h.s.timed_out(&mut out);
-    assert_eq!(out.wire, b"421 4.4.2 relay.test Timeout exceeded, closing connection\r\n");
+    assert_eq!(out.wire, b"421 4.4.2 Timeout exceeded, closing connection\r\n");
     assert_eq!(out.action, Some(Action::Close));
 }
 
@@ -422,18 +419,34 @@ fn timeouts_close_with_421() {
 fn every_split_of_a_conversation_gives_the_same_replies() {
     let convo = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: s\r\n\r\n.x\r\n..\r\n.\r\nNOOP\r\nQUIT\r\n";
     let whole = run_split(convo, convo.len());
+    assert!(whole.0.contains("250 2.6.0"));
+    assert_eq!(whole.1.len(), 1, "one message persisted");
+    assert!(
+        whole.1[0].starts_with(b"Received: from c ([192.0.2.7])\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&whole.1[0])
+    );
+    assert!(whole.1[0].ends_with(b"\r\nSubject: s\r\n\r\nx\r\n.\r\n"), "unstuffed body as stored");
     for cut in 0..convo.len() {
         assert_eq!(run_split(convo, cut), whole, "cut at {cut}");
     }
-    assert!(whole.0.contains("250 2.6.0"));
 }
 
-fn run_split(convo: &[u8], cut: usize) -> (String, Vec<u8>) {
+/// Feeds `convo` in two reads split at `cut`, completing every Persist with success. Returns
+/// the replies and each message as it was when the session asked for it to be stored (after
+/// `persisted` the session's buffer is reused and empty).
+fn run_split(convo: &[u8], cut: usize) -> (String, Vec<Vec<u8>>) {
     let mut h = Harness::new(config());
+    run_split_with(&mut h, convo, cut)
+}
+
+fn run_split_with(h: &mut Harness, convo: &[u8], cut: usize) -> (String, Vec<Vec<u8>>) {
     let mut all = String::new();
+    let mut messages = Vec::new();
     for part in [&convo[..cut], &convo[cut..]] {
         let (mut t, mut a) = h.send(part);
         while a == Some(Action::Persist) {
+            messages.push(h.s.message().to_vec());
             t.push_str(&h.persist());
             let (t2, a2) = h.resume();
             t.push_str(&t2);
@@ -441,7 +454,224 @@ fn run_split(convo: &[u8], cut: usize) -> (String, Vec<u8>) {
         }
         all.push_str(&t);
     }
-    (all, h.s.message().to_vec())
+    (all, messages)
+}
+
+/// The named smuggling vectors in `normalize` mode, at every split of the conversation: a bare
+/// LF becomes CRLF but never ends the data, a bare CR is refused, and the commands after the
+/// vector are message content, never run. Only the literal `<CRLF>.<CRLF>` ends the data.
+#[test]
+fn smuggling_vectors_in_normalize_mode_never_end_data_at_any_split() {
+    let vectors: &[&[u8]] =
+        &[b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\n..\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n", b"\n.\r", b"\r\n.\r\r\n"];
+    for v in vectors {
+        let mut convo =
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: v\r\n\r\nbody".to_vec();
+        convo.extend_from_slice(v);
+        convo.extend_from_slice(
+            b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nforged\r\n.\r\nNOOP\r\n",
+        );
+        let normalize = || {
+            let mut cfg = config();
+            cfg.bare_lf = BareLf::Normalize;
+            Harness::new(cfg)
+        };
+        let whole = run_split_with(&mut normalize(), &convo, convo.len());
+        let name = String::from_utf8_lossy(v);
+        let replies = codes(&whole.0);
+        assert_eq!(replies.iter().filter(|c| **c == "354").count(), 1, "{name:?}: the smuggled DATA ran: {}", whole.0);
+        assert_eq!(replies.last(), Some(&"250"), "{name:?}: NOOP after the one end of data");
+        let bare_cr = v.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n') || v.ends_with(b"\r");
+        if bare_cr {
+            assert!(whole.1.is_empty(), "{name:?}: bare CR is refused even when normalising");
+            assert!(whole.0.contains("550 5.6.0"), "{name:?}: {}", whole.0);
+        } else {
+            assert_eq!(whole.1.len(), 1, "{name:?}: {}", whole.0);
+            let m = &whole.1[0];
+            let body = &m[m.windows(4).position(|w| w == b"body").unwrap()..];
+            assert!(
+                body.windows(2).all(|w| w[1] != b'\n' || w[0] == b'\r') && body[0] != b'\n',
+                "{name:?}: every LF stored as CRLF: {:?}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(body.ends_with(b"\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nforged\r\n"));
+        }
+        for cut in 0..convo.len() {
+            assert_eq!(run_split_with(&mut normalize(), &convo, cut), whole, "{name:?} cut at {cut}");
+        }
+    }
+}
+
+/// RFC 5321 4.1.1.11 / RFC 1869: service extensions, and so MAIL and RCPT parameters, exist
+/// only in a session that began with EHLO.
+#[test]
+fn esmtp_parameters_after_helo_are_not_recognised() {
+    let mut cfg = config();
+    cfg.max_bad_commands = 100;
+    let mut h = Harness::new(cfg.clone());
+    h.text("HELO c\r\n");
+    let refused = "555 5.5.4 MAIL and RCPT parameters need EHLO, not HELO\r\n";
+    for p in ["SIZE=10", "BODY=8BITMIME", "BODY=7BIT", "SMTPUTF8", "RET=FULL", "ENVID=abc", "AUTH=<>"] {
+        assert_eq!(h.text(&format!("MAIL FROM:<a@x.test> {p}\r\n")), refused, "{p}");
+    }
+    assert_eq!(h.text("MAIL FROM:<a@x.test>\r\n"), "250 2.1.0 Sender OK\r\n");
+    for p in ["NOTIFY=SUCCESS", "NOTIFY=NEVER", "ORCPT=rfc822;b@y.test"] {
+        assert_eq!(h.text(&format!("RCPT TO:<b@y.test> {p}\r\n")), refused, "{p}");
+    }
+    assert_eq!(h.text("RCPT TO:<b@y.test>\r\n"), "250 2.1.5 Recipient OK\r\n");
+    assert_eq!(h.s.envelope().recipients.len(), 1);
+    // The same parameters after EHLO are fine.
+    let mut h = Harness::new(cfg);
+    h.text("EHLO c\r\n");
+    let ok = h.text("MAIL FROM:<a@x.test> SIZE=10 BODY=8BITMIME SMTPUTF8 RET=FULL ENVID=abc\r\n");
+    assert_eq!(ok, "250 2.1.0 Sender OK\r\n");
+    assert_eq!(h.text("RCPT TO:<b@y.test> NOTIFY=SUCCESS ORCPT=rfc822;b@y.test\r\n"), "250 2.1.5 Recipient OK\r\n");
+    assert_eq!(h.s.envelope().envid.as_deref(), Some("abc"));
+    assert_eq!(h.s.envelope().recipients[0].orcpt.as_deref(), Some("rfc822;b@y.test"));
+}
+
+/// RFC 4954 5: `AUTH=` is a parameter of the AUTH extension; where AUTH is not advertised it
+/// is an unknown parameter.
+#[test]
+fn mail_auth_parameter_only_where_auth_is_advertised() {
+    let mut h = Harness::new(config());
+    h.text("EHLO c\r\n");
+    assert_eq!(h.text("MAIL FROM:<a@x.test> AUTH=<>\r\n"), "555 5.5.4 Unsupported MAIL or RCPT parameter\r\n");
+    // AUTH offered (anonymous allowed too, no TLS required): the parameter is taken.
+    let mut cfg = config();
+    cfg.auth = vec![Mechanism::Plain];
+    let mut h = Harness::new(cfg.clone());
+    assert!(h.text("EHLO c\r\n").contains("250-AUTH PLAIN\r\n"));
+    assert_eq!(h.text("MAIL FROM:<a@x.test> AUTH=<>\r\n"), "250 2.1.0 Sender OK\r\n");
+    // AUTH only under TLS, and no TLS yet: not advertised, so not accepted either.
+    cfg.require_tls = true;
+    let mut h = Harness::new(cfg);
+    assert!(!h.text("EHLO c\r\n").contains("AUTH"));
+    assert_eq!(h.text("MAIL FROM:<a@x.test> AUTH=<>\r\n"), "555 5.5.4 Unsupported MAIL or RCPT parameter\r\n");
+}
+
+#[test]
+fn smaller_rfc_points() {
+    let mut cfg = config();
+    cfg.max_bad_commands = 100;
+    let mut h = Harness::new(cfg.clone());
+    // VRFY needs an argument (RFC 5321 4.1.1.6).
+    assert_eq!(h.text("VRFY\r\n"), "501 5.5.4 Syntax error in parameters or arguments\r\n");
+    h.text("EHLO c\r\n");
+    // NOTIFY keywords at most once (RFC 3461 4.1); a SIZE past u64 is over the limit.
+    assert_eq!(
+        h.text("MAIL FROM:<a@x.test> SIZE=184467440737095516160\r\n"),
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    assert_eq!(h.text("MAIL FROM:<a@x.test>\r\n"), "250 2.1.0 Sender OK\r\n");
+    assert_eq!(
+        h.text("RCPT TO:<b@y.test> NOTIFY=SUCCESS,SUCCESS\r\n"),
+        "501 5.5.4 Invalid MAIL or RCPT parameter value\r\n"
+    );
+    // STARTTLS inside a transaction is refused; after RSET it is taken.
+    assert_eq!(h.text("STARTTLS\r\n"), "503 5.5.1 Command not allowed during a mail transaction\r\n");
+    assert!(h.s.envelope().sender == "a@x.test", "the transaction is untouched");
+    h.text("RSET\r\n");
+    assert_eq!(h.send(b"STARTTLS\r\n"), ("220 2.0.0 Ready to start TLS\r\n".to_string(), Some(Action::StartTls)));
+    // AUTH needs EHLO, not HELO (and not nothing).
+    cfg.auth = vec![Mechanism::Plain, Mechanism::Login];
+    let mut h = Harness::new(cfg);
+    assert_eq!(h.text("AUTH LOGIN\r\n"), "503 5.5.1 Send EHLO first\r\n");
+    h.text("HELO c\r\n");
+    assert_eq!(h.text("AUTH LOGIN\r\n"), "503 5.5.1 Send EHLO first\r\n");
+    h.text("EHLO c\r\n");
+    assert_eq!(h.text("AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
+}
+
+/// The `with` protocol names of RFC 3848 and RFC 6531 4.3.
+#[test]
+fn received_header_names_the_protocol() {
+    fn with_of(helo: &str, utf8: bool, tls: bool, auth: bool) -> String {
+        let mut cfg = config();
+        cfg.auth = vec![Mechanism::Plain];
+        let mut h = Harness::with_tls(cfg, tls);
+        h.host.send_as = vec![("svc", "a@x.test")];
+        h.text(&format!("{helo} c\r\n"));
+        if auth {
+            let (_, a) = h.send(format!("AUTH PLAIN {}\r\n", auth::encode(b"\0svc\0pw")).as_bytes());
+            assert_eq!(a, Some(Action::Authenticate));
+            authenticate(&mut h, true);
+        }
+        let mail = if utf8 { "MAIL FROM:<a@x.test> SMTPUTF8\r\n" } else { "MAIL FROM:<a@x.test>\r\n" };
+        h.text(mail);
+        let (_, a) = h.send(b"RCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n");
+        assert_eq!(a, Some(Action::Persist));
+        let m = String::from_utf8(h.s.message().to_vec()).unwrap();
+        let with = m.split(" with ").nth(1).unwrap();
+        with[..with.find(' ').unwrap()].to_string()
+    }
+    let cases = [
+        ("HELO", false, false, false, "SMTP"),
+        ("HELO", false, true, false, "SMTP"),
+        ("EHLO", false, false, false, "ESMTP"),
+        ("EHLO", false, false, true, "ESMTPA"),
+        ("EHLO", false, true, false, "ESMTPS"),
+        ("EHLO", false, true, true, "ESMTPSA"),
+        ("EHLO", true, false, false, "UTF8SMTP"),
+        ("EHLO", true, false, true, "UTF8SMTPA"),
+        ("EHLO", true, true, false, "UTF8SMTPS"),
+        ("EHLO", true, true, true, "UTF8SMTPSA"),
+    ];
+    for (helo, utf8, tls, auth, want) in cases {
+        assert_eq!(with_of(helo, utf8, tls, auth), want, "{helo} utf8={utf8} tls={tls} auth={auth}");
+    }
+}
+
+/// An over-long line inside a SASL exchange ends the exchange: the next line is a command,
+/// never read as a secret (RFC 4954 4: `500 5.5.6`).
+#[test]
+fn over_long_line_in_sasl_exchange_ends_it() {
+    let long = format!("{}\r\n", "QUJD".repeat(200));
+    for (start, challenge) in [("AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n"), ("AUTH PLAIN\r\n", "334 \r\n")] {
+        for split in [long.len(), 300] {
+            let mut h = Harness::with_tls(auth_config(), true);
+            h.text("EHLO c\r\n");
+            assert_eq!(h.text(start), challenge);
+            let (first, second) = long.split_at(split);
+            let mut t = h.text(first);
+            t.push_str(&h.text(second));
+            assert_eq!(t, "500 5.5.6 Authentication Exchange line is too long\r\n", "{start:?}");
+            assert!(!h.s.in_sasl_exchange(), "{start:?}: still reading secrets");
+            assert_eq!(h.text("NOOP\r\n"), "250 2.0.0 OK\r\n", "{start:?}: the next line is a command");
+        }
+    }
+    // LOGIN after the user name: the password line is the over-long one; the name is dropped.
+    let mut h = Harness::with_tls(auth_config(), true);
+    h.text("EHLO c\r\n");
+    h.text("AUTH LOGIN\r\n");
+    assert_eq!(h.text(&format!("{}\r\n", auth::encode(b"svc"))), "334 UGFzc3dvcmQ6\r\n");
+    assert!(h.text(&long).starts_with("500 5.5.6"));
+    assert_eq!(h.s.credentials(), ("", ""));
+    assert_eq!(h.text("NOOP\r\n"), "250 2.0.0 OK\r\n");
+}
+
+/// Shutdown: the transaction in flight finishes; a MAIL pipelined behind it gets `421 4.3.2`
+/// and the session closes, so no new transaction starts.
+#[test]
+fn draining_session_starts_no_new_transaction() {
+    let mut h = Harness::new(config());
+    h.text("EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nfirst half\r\n");
+    h.s.drain();
+    let (t, a) = h.send(b"second half\r\n.\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    assert_eq!((t.as_str(), a), ("", Some(Action::Persist)), "the message in flight is stored");
+    assert!(h.s.message().ends_with(b"first half\r\nsecond half\r\n"));
+    assert!(h.persist().starts_with("250 2.6.0 <"));
+    let (t, a) = h.resume();
+    assert_eq!(t, "421 4.3.2 Service shutting down, try again later\r\n");
+    assert_eq!(a, Some(Action::Close));
+    assert!(h.s.is_closed());
+    // Between transactions: commands are still answered, MAIL is not.
+    let mut h = Harness::new(config());
+    h.text("EHLO c\r\n");
+    h.s.drain();
+    let (t, a) = h.send(b"NOOP\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
+    assert_eq!(t, "250 2.0.0 OK\r\n421 4.3.2 Service shutting down, try again later\r\n");
+    assert_eq!(a, Some(Action::Close));
 }
 
 #[test]
