@@ -599,7 +599,8 @@ fn received_header_names_the_protocol() {
         }
         let mail = if utf8 { "MAIL FROM:<a@x.test> SMTPUTF8\r\n" } else { "MAIL FROM:<a@x.test>\r\n" };
         h.text(mail);
-        let (_, a) = h.send(b"RCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n");
+        // A From the user may send as: authenticated sessions must have one.
+        let (_, a) = h.send(b"RCPT TO:<b@y.test>\r\nDATA\r\nFrom: <a@x.test>\r\n\r\nx\r\n.\r\n");
         assert_eq!(a, Some(Action::Persist));
         let m = String::from_utf8(h.s.message().to_vec()).unwrap();
         let with = m.split(" with ").nth(1).unwrap();
