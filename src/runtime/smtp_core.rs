@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 
 use super::conn;
-use super::handoff::{DeliveryJob, Inbox, Mailbox, ToDelivery, ToSmtp, delivery_core_for};
+use super::handoff::{DeliveryJob, Inbox, Mailbox, ToDelivery, ToSmtp, delivery_core_for_domain};
 use super::shared::Shared;
 use crate::clock::DateCache;
 use crate::policy::auth_cache::{AUTH_CACHE_ENTRIES_MAX, AUTH_CACHE_TTL, AuthCache};
@@ -70,7 +70,7 @@ impl SmtpCore {
         let mut per_core: Vec<Vec<u32>> = vec![Vec::new(); cores];
         for &i in rcpts {
             if let Some(r) = envelope.recipients.get(i as usize) {
-                per_core[delivery_core_for(r.domain(), cores)].push(i);
+                per_core[delivery_core_for_domain(&self.shared.config.send_connectors, r.domain(), cores)].push(i);
             }
         }
         for (core, rcpts) in per_core.into_iter().enumerate() {
