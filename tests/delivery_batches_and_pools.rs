@@ -1,12 +1,14 @@
 //! Batching and pooling: thousands of messages to one domain go down at most
 //! `max_connections_per_domain` connections, and a message with recipients in five domains
-//! makes exactly one transaction per domain, each carrying all of that domain's recipients.
+//! delivered by MX makes exactly one transaction per domain, each carrying all of that
+//! domain's recipients (through smart hosts it is one transaction: tests/delivery_smart_hosts.rs).
 
 mod common;
 
 use std::collections::BTreeSet;
 
 use common::Relay;
+use common::dns::{Dns, Zone};
 use common::sink::{Sink, SinkOptions};
 
 #[test]
@@ -58,8 +60,15 @@ fn five_thousand_messages_over_at_most_the_connection_cap() {
 #[test]
 fn one_transaction_per_domain_with_all_its_recipients() {
     let sink = Sink::start("127.0.0.1:0", SinkOptions::default());
-    let cfg = common::DEFAULT_CONFIG
-        .replace("{sink}", &sink.addr.port().to_string())
+    let mut z = Zone::default();
+    for d in 0..5 {
+        z.mx.insert(format!("d{d}.test"), vec![(10, "mx.test".into())]);
+    }
+    z.a.insert("mx.test".into(), vec!["127.0.0.1".parse().unwrap()]);
+    let dns = Dns::start(z);
+    let cfg = dns
+        .configure(common::DEFAULT_CONFIG)
+        .replace("smart_hosts = [\"127.0.0.1:{sink}\"]", &format!("port = {}", sink.addr.port()))
         .replace("max_recipients = 5", "max_recipients = 100");
     let relay = Relay::start(&cfg);
     let mut c = relay.client();

@@ -23,17 +23,8 @@ fn zone() -> Zone {
 fn setup() -> (Dns, Sink, Sink, Relay) {
     let dns = Dns::start(zone());
     // The same port on two addresses: MX delivery uses one port for every host.
-    let (live, bounces) = loop {
-        let port = common::free_port();
-        let Ok(a) = std::net::TcpListener::bind(("127.0.0.2", port)) else { continue };
-        let Ok(b) = std::net::TcpListener::bind(("127.0.0.3", port)) else { continue };
-        drop((a, b));
-        break (
-            Sink::start(&format!("127.0.0.2:{port}"), SinkOptions::default()),
-            Sink::start(&format!("127.0.0.3:{port}"), SinkOptions::default()),
-        );
-    };
-    let cfg = common::DEFAULT_CONFIG.replace("nameservers = [\"127.0.0.1:{nodns}\"]", &format!("nameservers = [\"127.0.0.1:{}\"]", dns.port)).replace(
+    let (live, bounces) = common::sink::pair(SinkOptions::default(), SinkOptions::default());
+    let cfg = dns.configure(common::DEFAULT_CONFIG).replace(
         "[[send_connector]]\nname = \"nowhere\"\ndomains = [\"*\"]\nsmart_hosts = [\"127.0.0.1:{sink}\"]\nretry = { first = \"1h\", max = \"1h\", expire = \"2d\" }",
         &format!("[[send_connector]]\nname = \"internet\"\ndomains = [\"*\"]\nport = {}\nconnect_timeout = \"2s\"\nretry = {{ first = \"1h\", max = \"1h\", expire = \"2d\" }}", live.addr.port()),
     );
@@ -75,4 +66,29 @@ fn null_mx_and_nxdomain_bounce_to_the_sender() {
     let all: String = got.iter().map(|m| String::from_utf8_lossy(&m.data).into_owned()).collect();
     assert!(all.contains("Final-Recipient: rfc822; x@nullmx.test") && all.contains("5.1.10"), "{all}");
     assert!(all.contains("Final-Recipient: rfc822; y@nonexistent.test") && all.contains("5.1.2"), "{all}");
+}
+
+#[test]
+fn a_domain_without_mx_and_only_an_aaaa_record_is_reached_over_ipv6() {
+    let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("skipped: ::1 is not available on this machine");
+        return;
+    };
+    drop(probe);
+    let sink = Sink::start("[::1]:0", SinkOptions::default());
+    let mut z = Zone::default();
+    z.aaaa.insert("v6only.test".into(), vec!["::1".parse().unwrap()]);
+    let dns = Dns::start(z);
+    let cfg = dns
+        .configure(common::DEFAULT_CONFIG)
+        .replace("smart_hosts = [\"127.0.0.1:{sink}\"]", &format!("port = {}", sink.addr.port()));
+    let relay = Relay::start(&cfg);
+    let mut c = relay.client();
+    c.hello();
+    assert_eq!(c.send_mail("app@example.test", &["a@v6only.test"], "Subject: v6\r\n\r\nx\r\n").code, 250);
+    let got = sink.wait_for(1, 30);
+    assert_eq!(got[0].rcpts, ["a@v6only.test"]);
+    let q = dns.queries.lock().unwrap().clone();
+    assert!(q.iter().any(|(n, t)| n == "v6only.test" && t == "MX"), "MX first: {q:?}");
+    assert!(q.iter().any(|(n, t)| n == "v6only.test" && t == "AAAA"), "then the implicit MX's AAAA: {q:?}");
 }

@@ -568,7 +568,8 @@ pub struct SendConnector {
     /// Credentials for the smart hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<SmartHostAuth>,
-    /// Connections per destination domain (and per smart host).
+    /// Connections at once: per destination domain for MX delivery; for a connector with
+    /// smart hosts, for the whole connector (every domain it serves shares that pool).
     #[serde(default = "default_max_connections_per_domain")]
     pub max_connections_per_domain: usize,
     /// `opportunistic` | `required` | `off`.

@@ -20,8 +20,10 @@
 //! - no message content is written unless MAIL and at least one RCPT were accepted and DATA got
 //!   354; when pipelined DATA gets 354 although no recipient was accepted, only the end marker
 //!   `.` is written (an empty message to nobody) and the transaction counts as not sent;
-//! - a message larger than the server's SIZE, or needing SMTPUTF8 the server lacks, is failed
-//!   permanently without a command being sent;
+//! - a message larger than the server's SIZE, needing SMTPUTF8 the server lacks, or with 8-bit
+//!   content declared `BODY=8BITMIME` to a server without 8BITMIME (RFC 6152 3: we do not
+//!   convert), is failed without a command being sent, with `Cause::Capability`: this host
+//!   cannot take it, another host of the destination may (`policy::route`);
 //! - every recipient handed to `start_transaction` gets exactly one outcome;
 //! - a 421 at any point closes the connection and defers every recipient not yet decided;
 //! - bytes that arrive after the 220 to STARTTLS (before the handshake) are refused: they would
@@ -58,6 +60,7 @@
 //!     sender: "app@example.org",
 //!     size: message.len() as u64,
 //!     body: BodyType::SevenBit,
+//!     eight_bit: false,
 //!     smtputf8: false,
 //!     ret: None,
 //!     envid: None,
@@ -287,9 +290,13 @@ impl TimeoutKind {
 pub enum Cause {
     /// The server's reply (in `reply`).
     Reply,
-    /// The client decided before sending anything: SIZE too small, SMTPUTF8 missing, an
-    /// address that cannot be written in a command.
+    /// The client decided before sending anything: an address that cannot be written in a
+    /// command (wrong on every host).
     Local,
+    /// The client decided before sending anything that this server cannot take the message:
+    /// it is over the server's SIZE, or needs SMTPUTF8 or (8-bit content) 8BITMIME the server
+    /// does not offer. Another host may.
+    Capability,
     /// `Tls::Required` and the server does not offer STARTTLS.
     TlsNotOffered,
     /// Credentials configured and TLS is not active.
@@ -383,6 +390,11 @@ pub struct Transaction<'a> {
     pub size: u64,
     /// `BODY=8BITMIME` is passed when the message is 8-bit and the server offers 8BITMIME.
     pub body: BodyType,
+    /// The content holds octets over 127 (`has_eight_bit`). Looked at only for a message
+    /// declared `BODY=8BITMIME` going to a server without 8BITMIME: such a message is not sent
+    /// there (RFC 6152 3), while one declared 8BITMIME whose content is all 7-bit goes as is.
+    /// A caller that has not looked may pass true (the safe answer).
+    pub eight_bit: bool,
     /// The message needs SMTPUTF8 (see `needs_smtputf8`). Non-ASCII addresses imply it.
     pub smtputf8: bool,
     /// `RET=`, passed when the server offers DSN.
@@ -392,13 +404,14 @@ pub struct Transaction<'a> {
 }
 
 impl<'a> Transaction<'a> {
-    /// The transaction for a stored message: `message` is the stored bytes (for its size and
-    /// for `needs_smtputf8`).
+    /// The transaction for a stored message: `message` is the stored bytes (for its size,
+    /// `needs_smtputf8` and `has_eight_bit`).
     pub fn from_envelope(envelope: &'a Envelope, message: &[u8]) -> Transaction<'a> {
         Transaction {
             sender: &envelope.sender,
             size: message.len() as u64,
             body: envelope.body_type,
+            eight_bit: envelope.body_type == BodyType::EightBitMime && has_eight_bit(message),
             smtputf8: needs_smtputf8(envelope, message),
             ret: envelope.ret,
             envid: envelope.envid.as_deref(),
@@ -415,6 +428,14 @@ pub fn needs_smtputf8(envelope: &Envelope, message: &[u8]) -> bool {
         return true;
     }
     envelope.smtputf8 && !header_section(message).is_ascii()
+}
+
+/// Does `content` hold an octet over 127 (8-bit data, RFC 6152)? Feed a message piece by
+/// piece and or the answers together.
+pub fn has_eight_bit(content: &[u8]) -> bool {
+    // Eight bytes at a time: one test of the high bits instead of eight.
+    let (words, rest) = content.as_chunks::<8>();
+    words.iter().any(|w| u64::from_ne_bytes(*w) & 0x8080_8080_8080_8080 != 0) || rest.iter().any(|&b| b > 127)
 }
 
 /// The header section of a message: up to the first empty line.
@@ -828,18 +849,20 @@ impl ClientSession {
 
         // Decisions that need no server: they fail every recipient still open.
         let local = if !usable_address(tx.sender) {
-            Some(Response::local(reply::BAD_SENDER_ADDRESS))
+            Some((Cause::Local, Response::local(reply::BAD_SENDER_ADDRESS)))
         } else if utf8 && !self.caps.smtputf8 {
-            Some(Response::local(reply::NO_SMTPUTF8))
+            Some((Cause::Capability, Response::local(reply::NO_SMTPUTF8)))
+        } else if tx.body == BodyType::EightBitMime && tx.eight_bit && !self.caps.eight_bit_mime {
+            Some((Cause::Capability, Response::local(reply::NO_8BITMIME)))
         } else if let Some(limit) = self.caps.size_limit().filter(|&l| tx.size > l) {
             let text =
                 format!("{} ({} octets; the server takes at most {limit})", reply::TOO_BIG_FOR_SERVER.text, tx.size);
-            Some(Response::local_with_text(reply::TOO_BIG_FOR_SERVER, text))
+            Some((Cause::Capability, Response::local_with_text(reply::TOO_BIG_FOR_SERVER, text)))
         } else {
             None
         };
-        if let Some(r) = &local {
-            self.resolve_open(RecipientStatus::Failed, Stage::Mail, Cause::Local, r);
+        if let Some((cause, r)) = &local {
+            self.resolve_open(RecipientStatus::Failed, Stage::Mail, *cause, r);
         }
         if self.plan.spans.is_empty() || local.is_some() {
             self.finish_transaction(out);

@@ -74,7 +74,7 @@ fn rcpt(address: &str) -> Recipient {
 }
 
 fn tx(sender: &str, size: u64) -> Transaction<'_> {
-    Transaction { sender, size, body: BodyType::SevenBit, smtputf8: false, ret: None, envid: None }
+    Transaction { sender, size, body: BodyType::SevenBit, eight_bit: false, smtputf8: false, ret: None, envid: None }
 }
 
 fn closed_reason(events: &[Event]) -> &CloseReason {
@@ -99,6 +99,7 @@ fn pipelined_transaction_sends_one_write_and_matches_replies_in_order() {
         sender: "s@y.test",
         size: 1234,
         body: BodyType::EightBitMime,
+        eight_bit: true,
         smtputf8: false,
         ret: Some(Ret::Hdrs),
         envid: Some("QQ+2B1"),
@@ -165,9 +166,57 @@ fn ehlo_5xx_falls_back_to_helo_and_plain_commands() {
     assert_eq!(h.server("502 5.5.1 unrecognized\r\n").0, "HELO relay.test\r\n");
     assert_eq!(h.server("250 old.test\r\n").1, [Event::Ready]);
     assert!(!h.c.capabilities().esmtp);
+    // Declared 8BITMIME but all 7-bit: goes as is, without the parameter nobody offered.
     let mut t = tx("s@y.test", 10);
     t.body = BodyType::EightBitMime;
     assert_eq!(h.start(&t, &[rcpt("a@x.test")]).0, "MAIL FROM:<s@y.test>\r\n");
+}
+
+#[test]
+fn eight_bit_content_is_not_sent_to_a_server_without_8bitmime() {
+    // RFC 6152 3: convert or do not send. We do not convert.
+    let mut h = H::ready("250-mx.test\r\n250-PIPELINING\r\n250 SIZE 10000\r\n");
+    let mut t = tx("s@y.test", 10);
+    t.body = BodyType::EightBitMime;
+    t.eight_bit = true;
+    let (wire, events) = h.start(&t, &[rcpt("a@x.test"), rcpt("b@x.test")]);
+    assert_eq!(wire, "", "nothing is sent");
+    assert_eq!(events, [Event::TransactionDone, Event::Ready]);
+    for o in h.c.result().recipients() {
+        assert_eq!((o.status, o.cause, o.stage), (Failed, Cause::Capability, Stage::Mail));
+        assert!(o.reply.one_line().starts_with("554 5.6.3 Conversion required but not supported"), "{}", o.reply);
+    }
+    assert_eq!(h.c.result().message(), MessageOutcome::NotSent);
+    // The connection stays usable, and 7-bit content declared 8BITMIME goes as is.
+    t.eight_bit = false;
+    assert_eq!(h.start(&t, &[rcpt("a@x.test")]).0, "MAIL FROM:<s@y.test> SIZE=10\r\nRCPT TO:<a@x.test>\r\nDATA\r\n");
+    // A server that offers 8BITMIME gets the 8-bit content with the parameter.
+    let mut h = H::ready(EHLO_PLAIN);
+    t.eight_bit = true;
+    assert_eq!(h.start(&t, &[rcpt("a@x.test")]).0, "MAIL FROM:<s@y.test> BODY=8BITMIME\r\n");
+    // A message declared 7BIT is not looked at (what the submitter said is what goes).
+    let mut h = H::ready("250-mx.test\r\n250 PIPELINING\r\n");
+    t.body = BodyType::SevenBit;
+    assert!(h.start(&t, &[rcpt("a@x.test")]).0.starts_with("MAIL FROM:<s@y.test>\r\n"));
+}
+
+#[test]
+fn has_eight_bit_finds_any_high_octet() {
+    assert!(!has_eight_bit(b""));
+    assert!(!has_eight_bit(b"Subject: plain\r\n\r\nseven bit only, longer than eight bytes\r\n"));
+    for len in 1..40 {
+        for at in 0..len {
+            let mut v = vec![b'a'; len];
+            v[at] = 0x80;
+            assert!(has_eight_bit(&v), "len {len} at {at}");
+        }
+    }
+    assert!(has_eight_bit("caf\u{e9}".as_bytes()));
+    let e = Envelope { body_type: BodyType::EightBitMime, ..Envelope::default() };
+    assert!(Transaction::from_envelope(&e, "\u{e9}".as_bytes()).eight_bit);
+    assert!(!Transaction::from_envelope(&e, b"ascii").eight_bit);
+    let e = Envelope { body_type: BodyType::SevenBit, ..Envelope::default() };
+    assert!(!Transaction::from_envelope(&e, "\u{e9}".as_bytes()).eight_bit, "only 8BITMIME messages are looked at");
 }
 
 #[test]
@@ -354,7 +403,7 @@ fn message_over_the_server_size_fails_without_sending() {
     assert_eq!(wire, "");
     assert_eq!(events, [Event::TransactionDone, Event::Ready]);
     for o in h.c.result().recipients() {
-        assert_eq!((o.status, o.cause), (Failed, Cause::Local));
+        assert_eq!((o.status, o.cause), (Failed, Cause::Capability));
         assert_eq!(o.reply.status().to_string(), "5.3.4");
         assert!(o.reply.text().contains("1001") && o.reply.text().contains("1000"), "{}", o.reply);
     }
@@ -371,6 +420,7 @@ fn smtputf8_needed_and_not_offered_fails_permanently() {
     assert_eq!(events, [Event::TransactionDone, Event::Ready]);
     let o = &h.c.result().recipients()[0];
     assert_eq!((o.status, o.reply.code(), o.reply.status().to_string().as_str()), (Failed, 553, "5.6.7"));
+    assert_eq!(o.cause, Cause::Capability, "another host may offer SMTPUTF8");
     let mut t = tx("s@y.test", 10);
     t.smtputf8 = true;
     assert_eq!(h.start(&t, &[rcpt("a@x.test")]).0, "");
@@ -959,6 +1009,7 @@ fn delivers_to_ringrelay_server_with_starttls_pipelining_and_dsn_params() {
         sender: "s@y.test",
         size: message.len() as u64,
         body: BodyType::EightBitMime,
+        eight_bit: true,
         smtputf8: false,
         ret: Some(Ret::Full),
         envid: Some("id+2B1"),

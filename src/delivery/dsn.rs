@@ -110,6 +110,22 @@ pub fn notification(sender: &str, notify: Notify, event: DeliveryEvent) -> Optio
     }
 }
 
+/// Recipients (indices into `envelope.recipients`), each with what goes with it.
+pub type Indexed<T> = Vec<(u32, T)>;
+
+/// Splits recipients by whether `event` gets them a notice: (notified, silent). A delivery
+/// core finishes the silent ones at once, and the notified ones only once their notice is
+/// durable, so that a crash in between sends the notice again rather than never: failures and
+/// "relayed" successes alike.
+pub fn split_by_notice<T>(envelope: &Envelope, rcpts: Indexed<T>, event: DeliveryEvent) -> (Indexed<T>, Indexed<T>) {
+    rcpts.into_iter().partition(|(r, _)| {
+        envelope
+            .recipients
+            .get(*r as usize)
+            .is_some_and(|rc| notification(&envelope.sender, rc.notify, event).is_some())
+    })
+}
+
 /// The reporting side of a notice.
 #[derive(Debug, Clone, Copy)]
 pub struct DsnSettings<'a> {
@@ -746,6 +762,31 @@ mod tests {
         assert!(status.contains("Status: 5.3.4"));
         let text = String::from_utf8(p[0].1.clone()).unwrap();
         assert!(text.contains("relay.example.test reports: 552 5.3.4"), "{text}");
+    }
+
+    #[test]
+    fn split_by_notice_keeps_notified_recipients_for_after_the_notice() {
+        let mut env = envelope();
+        env.recipients[0].notify = Notify(Notify::SUCCESS);
+        env.recipients.push(Recipient {
+            address: "never@remote.test".into(),
+            notify: Notify(Notify::NEVER),
+            orcpt: None,
+        });
+        let all = || vec![(0, 'a'), (1, 'b'), (2, 'c'), (9, 'x')];
+        // NOTIFY=SUCCESS to a next hop without DSN: a "relayed" notice, so finished after it.
+        let (notified, silent) = split_by_notice(&env, all(), DeliveryEvent::Relayed { next_hop_dsn: false });
+        assert_eq!((notified, silent), (vec![(0, 'a')], vec![(1, 'b'), (2, 'c'), (9, 'x')]));
+        // The next hop reports itself: nobody waits for a notice from us.
+        let (notified, _) = split_by_notice(&env, all(), DeliveryEvent::Relayed { next_hop_dsn: true });
+        assert!(notified.is_empty());
+        // Failure: the default NOTIFY wants it, SUCCESS-only and NEVER do not.
+        let (notified, silent) = split_by_notice(&env, all(), DeliveryEvent::Failed);
+        assert_eq!((notified, silent), (vec![(1, 'b')], vec![(0, 'a'), (2, 'c'), (9, 'x')]));
+        // No notice of any kind to the null sender.
+        env.sender.clear();
+        let (notified, _) = split_by_notice(&env, all(), DeliveryEvent::Failed);
+        assert!(notified.is_empty());
     }
 
     #[test]

@@ -419,6 +419,21 @@ pub const NO_SMTPUTF8: Reply = Reply {
     status: "5.6.7",
     text: "The message needs SMTPUTF8 (non-ASCII addresses or headers), which the receiving server does not support",
 };
+/// The message is declared 8BITMIME, its content is 8-bit, and the server does not offer
+/// 8BITMIME: RFC 6152 3 says convert or do not send, and we do not convert (it would break
+/// signatures and change the message).
+pub const NO_8BITMIME: Reply = Reply {
+    code: 554,
+    status: "5.6.3",
+    text: "Conversion required but not supported: the message has 8-bit content and the receiving server does not offer 8BITMIME",
+};
+/// The stored message could not be read from the spool; it stays queued and is tried again.
+pub const SPOOL_READ_FAILED: Reply =
+    Reply { code: 451, status: "4.3.0", text: "The queued message could not be read from the spool; will retry" };
+/// A delivery status notification could not be queued, so the recipients it reports stay
+/// queued and are tried again (the notice is then sent again too).
+pub const DSN_NOT_QUEUED: Reply =
+    Reply { code: 451, status: "4.3.0", text: "The delivery status notification could not be queued; will retry" };
 /// A sender address that cannot be written in a MAIL command (control characters, brackets).
 pub const BAD_SENDER_ADDRESS: Reply =
     Reply { code: 553, status: "5.1.7", text: "Sender address cannot be used in an SMTP command" };
@@ -493,6 +508,9 @@ pub const LOCAL: &[Reply] = &[
     DELETED_BY_ADMIN,
     TOO_BIG_FOR_SERVER,
     NO_SMTPUTF8,
+    NO_8BITMIME,
+    SPOOL_READ_FAILED,
+    DSN_NOT_QUEUED,
     BAD_SENDER_ADDRESS,
     BAD_RECIPIENT_ADDRESS,
     CONNECTION_LOST,

@@ -4,6 +4,12 @@
 //! means for the next attempt (next host now, retry later, or bounce). The runtime does the
 //! DNS queries and the connecting, and asks here what the answers mean.
 //!
+//! A `Destination` is what a delivery core keeps one ready queue, one connection pool (capped
+//! by `max_connections_per_domain`) and one "unreachable" mark for: a recipient domain for MX
+//! and address-literal delivery, but the connector itself for smart hosts, so that every
+//! domain routed to a smart host (`domains = ["*"]` to a provider relay) shares its pooled
+//! connections, and one transaction per message carries every recipient routed there.
+//!
 //! Decisions where the RFCs leave room:
 //! - Connector choice: the most specific matching pattern wins (exact, then the longest
 //!   `*.suffix`, then `*`); a tie goes to the connector written first. No match: MX delivery
@@ -52,6 +58,45 @@ pub const NO_USABLE_MX: Reply =
 pub const ALL: &[Reply] = &[NULL_MX, NO_SUCH_DOMAIN, MX_LOOP, DNS_TEMPORARY, NO_USABLE_MX];
 
 // ---- connector choice ---------------------------------------------------------------------------
+
+/// Where a recipient's mail is queued and pooled (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    /// A recipient domain (lowercase, no trailing dot), delivered by MX lookup or to its
+    /// address literal: its own queue and connection pool.
+    Domain(String),
+    /// The smart hosts of the send connector of this name: one queue and one pool for every
+    /// domain the connector serves.
+    SmartHosts(String),
+}
+
+impl Destination {
+    /// The recipient domain, for a per-domain destination.
+    pub fn domain(&self) -> Option<&str> {
+        match self {
+            Destination::Domain(d) => Some(d),
+            Destination::SmartHosts(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Domain(d) => f.write_str(d),
+            Destination::SmartHosts(c) => write!(f, "smart hosts of connector {c:?}"),
+        }
+    }
+}
+
+/// The destination of mail for `domain` under `connectors` (the pure form of
+/// `Router::destination`, for the SMTP cores' hand-off, which has no router of its own).
+pub fn destination(connectors: &[SendConnector], domain: &str) -> Destination {
+    match select(connectors, domain) {
+        Some(c) if !c.smart_hosts.is_empty() => Destination::SmartHosts(c.name.clone()),
+        _ => Destination::Domain(domain.trim_end_matches('.').to_ascii_lowercase()),
+    }
+}
 
 /// The send connectors, and the default used when none matches.
 #[derive(Debug, Clone)]
@@ -103,6 +148,20 @@ impl Router {
     /// The connector used when none matches.
     pub fn default_connector(&self) -> &SendConnector {
         &self.default
+    }
+
+    /// The destination (queue and pool) of mail for `domain`.
+    pub fn destination(&self, domain: &str) -> Destination {
+        destination(&self.connectors, domain)
+    }
+
+    /// The connector whose settings apply to a destination: the named one for smart hosts,
+    /// the routed one for a domain.
+    pub fn connector(&self, destination: &Destination) -> &SendConnector {
+        match destination {
+            Destination::Domain(d) => self.route(d).connector,
+            Destination::SmartHosts(name) => self.connectors.iter().find(|c| c.name == *name).unwrap_or(&self.default),
+        }
     }
 
     /// Routes mail for `domain` (the part after the last `@` of a recipient).
@@ -344,6 +403,10 @@ pub enum Verdict {
     /// Try the next host of the destination now (RFC 5321 5.1). When no host is left, defer
     /// (`Verdict::hosts_exhausted`).
     NextHost,
+    /// This host cannot take the message (it lacks SMTPUTF8 or 8BITMIME, or its SIZE is too
+    /// small; decided before any command was sent): try the other hosts of the destination
+    /// now; when none is left, fail with the same reply (`Verdict::hosts_exhausted`).
+    NextHostOrFail,
     /// Send this recipient again in a new transaction now: the server took part of the
     /// recipients and refused the rest as too many (452, RFC 5321 4.5.3.1.10).
     NextTransaction,
@@ -354,9 +417,13 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// What `NextHost` becomes once every host was tried.
+    /// What `NextHost` and `NextHostOrFail` become once every host was tried.
     pub fn hosts_exhausted(self) -> Verdict {
-        if self == Verdict::NextHost { Verdict::Defer } else { self }
+        match self {
+            Verdict::NextHost => Verdict::Defer,
+            Verdict::NextHostOrFail => Verdict::Fail,
+            other => other,
+        }
     }
 }
 
@@ -368,7 +435,11 @@ impl Verdict {
 ///   for connection failures; a 5xx greeting is skipped too, as Postfix does by default, so
 ///   one broken MX cannot bounce mail another MX would take.
 /// - 421 before the message content was sent: next host. After it: defer.
-/// - A recipient's 5xx (or a local permanent decision) is final: fail.
+/// - A recipient's 5xx (or a local permanent decision about an address) is final: fail.
+/// - A local decision that this host cannot take the message (`Cause::Capability`: no
+///   SMTPUTF8, no 8BITMIME for 8-bit content, SIZE too small) tries the other hosts, and fails
+///   only when none is left (RFC 6152 3, RFC 6531 3.4, RFC 1870 6: another MX or smart host
+///   of the destination may well take it).
 /// - A 4xx at MAIL, RCPT, DATA or the final reply: defer (greylisting and full mailboxes are
 ///   the same on every MX of a domain).
 /// - 452 (4.5.3, or no enhanced code) at RCPT with progress: a new transaction now.
@@ -386,6 +457,7 @@ pub fn classify(failure: Failure<'_>) -> Verdict {
 fn classify_recipient(o: &RecipientOutcome, progress: bool) -> Verdict {
     match o.status {
         RecipientStatus::Delivered => return Verdict::Done,
+        RecipientStatus::Failed if o.cause == Cause::Capability => return Verdict::NextHostOrFail,
         RecipientStatus::Failed => return Verdict::Fail,
         RecipientStatus::Deferred => {}
     }
@@ -410,16 +482,20 @@ fn classify_recipient(o: &RecipientOutcome, progress: bool) -> Verdict {
                 Verdict::NextHost
             }
         }
-        Cause::Local => Verdict::Defer,
+        Cause::Local | Cause::Capability => Verdict::Defer,
         Cause::TlsNotOffered | Cause::TlsFailed | Cause::AuthNeedsTls | Cause::NoAuthMechanism => Verdict::NextHost,
     }
 }
 
-/// After a failed TLS handshake, may the same host be tried again without TLS? Only under
-/// `opportunistic` and never with credentials (they must not cross in clear). Postfix's "may"
-/// level does the same: a broken TLS stack should not stop mail that would go in plaintext.
-pub fn plaintext_retry_allowed(tls: Tls, has_credentials: bool) -> bool {
-    tls == Tls::Opportunistic && !has_credentials
+/// After a failed TLS handshake, may the same host be tried again without TLS? Only an MX
+/// host (or address literal) under `opportunistic`, and never with credentials (they must not
+/// cross in clear). Postfix's "may" level does the same for MX delivery: a broken TLS stack
+/// should not stop mail that would go in plaintext. Never a smart host: its certificate is
+/// verified even under `opportunistic`, and a plaintext retry would let whoever can break the
+/// handshake (an attacker presenting their own certificate) read the mail; the host is backed
+/// off and the mail deferred instead.
+pub fn plaintext_retry_allowed(tls: Tls, has_credentials: bool, smart_host: bool) -> bool {
+    tls == Tls::Opportunistic && !has_credentials && !smart_host
 }
 
 #[cfg(test)]
@@ -487,6 +563,27 @@ mod tests {
         assert_eq!((d.port, d.tls, d.max_connections_per_domain), (25, OutboundTls::Opportunistic, 20));
         assert_eq!(d.retry.first.get().as_secs(), 60);
         assert_eq!(literal_target("192.0.2.7".parse().unwrap(), 25).host, "192.0.2.7");
+    }
+
+    #[test]
+    fn smart_host_routes_share_one_destination_per_connector() {
+        let c = connectors();
+        let r = Router::new(&c);
+        // Every domain of a smart-host connector: one destination, named after the connector.
+        assert_eq!(r.destination("eu.example.test"), Destination::SmartHosts("exact".into()));
+        assert_eq!(r.destination("Other.Test."), Destination::SmartHosts("exact".into()));
+        // MX routes: one destination per domain, lowercase, no trailing dot.
+        assert_eq!(r.destination("A.Example.TEST."), Destination::Domain("a.example.test".into()));
+        assert_eq!(r.destination("x.test"), Destination::Domain("x.test".into()));
+        assert_eq!(destination(&c, "other.test"), r.destination("other.test"), "the pure form agrees");
+        assert_eq!(destination(&[], "x.test"), Destination::Domain("x.test".into()));
+        // The connector of a destination.
+        assert_eq!(r.connector(&Destination::SmartHosts("exact".into())).name, "exact");
+        assert_eq!(r.connector(&Destination::Domain("a.eu.example.test".into())).name, "deep");
+        assert_eq!(r.connector(&Destination::SmartHosts("gone".into())).name, "default");
+        assert_eq!(Destination::SmartHosts("exact".into()).domain(), None);
+        assert_eq!(Destination::Domain("x.test".into()).domain(), Some("x.test"));
+        assert_eq!(Destination::SmartHosts("m365".into()).to_string(), "smart hosts of connector \"m365\"");
     }
 
     #[test]
@@ -579,6 +676,19 @@ mod tests {
         }
     }
 
+    /// A 7-bit transaction of `size` octets from s@y.test.
+    fn plain_tx(size: u64) -> Transaction<'static> {
+        Transaction {
+            sender: "s@y.test",
+            size,
+            body: BodyType::SevenBit,
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+        }
+    }
+
     /// Outcomes made by a real client session, so classification is tested on what the
     /// runtime will actually get.
     fn outcomes_after(server: &[&str]) -> (Vec<RecipientOutcome>, Vec<Event>) {
@@ -588,14 +698,7 @@ mod tests {
         c.receive(b"250-mx\r\n250 PIPELINING\r\n", &mut out);
         let rcpts: Vec<Recipient> =
             (0..3).map(|i| Recipient { address: format!("r{i}@x.test"), ..Default::default() }).collect();
-        let tx = Transaction {
-            sender: "s@y.test",
-            size: 1,
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-        };
+        let tx = plain_tx(1);
         c.start_transaction(&tx, &rcpts, &mut out).unwrap();
         out.clear();
         let mut events = Vec::new();
@@ -657,6 +760,39 @@ mod tests {
         assert_eq!(verdicts(&["250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n451 4.3.0 later\r\n"]), [Defer; 3]);
     }
 
+    /// A host that cannot take the message (SIZE, SMTPUTF8, 8BITMIME), decided before any
+    /// command: the other hosts are tried, and only when none is left does it fail.
+    #[test]
+    fn host_capability_failures_try_the_other_hosts() {
+        use Verdict::*;
+        for (ehlo, size, utf8, eight_bit) in [
+            ("250-mx\r\n250 SIZE 10\r\n", 11, false, false),
+            ("250-mx\r\n250 8BITMIME\r\n", 1, true, false),
+            ("250-mx\r\n250 SMTPUTF8\r\n", 1, false, true),
+        ] {
+            let mut c = ClientSession::new(Rc::new(ClientConfig::new("relay.test", Tls::Off)));
+            let mut out = Output::default();
+            c.receive(b"220 mx\r\n", &mut out);
+            c.receive(ehlo.as_bytes(), &mut out);
+            let tx = Transaction { body: BodyType::EightBitMime, eight_bit, smtputf8: utf8, ..plain_tx(size) };
+            let rcpts = [Recipient { address: "a@x.test".into(), ..Default::default() }];
+            c.start_transaction(&tx, &rcpts, &mut out).unwrap();
+            let outcome = &c.result().recipients()[0];
+            let verdict = classify(Failure::Recipient { outcome, progress: false });
+            assert_eq!(verdict, NextHostOrFail, "{ehlo:?}: {outcome:?}");
+            assert_eq!(verdict.hosts_exhausted(), Fail);
+        }
+        // An address that cannot be written is wrong on every host: fail at once.
+        let mut c = ClientSession::new(Rc::new(ClientConfig::new("relay.test", Tls::Off)));
+        let mut out = Output::default();
+        c.receive(b"220 mx\r\n250 mx\r\n", &mut out);
+        let tx = plain_tx(1);
+        let rcpts = [Recipient { address: "a@x.test>\r\nDATA".into(), ..Default::default() }];
+        c.start_transaction(&tx, &rcpts, &mut out).unwrap();
+        let outcome = &c.result().recipients()[0];
+        assert_eq!(classify(Failure::Recipient { outcome, progress: false }), Fail);
+    }
+
     #[test]
     fn classification_of_connection_failures() {
         use Verdict::*;
@@ -673,8 +809,10 @@ mod tests {
         }
         assert_eq!(NextHost.hosts_exhausted(), Defer);
         assert_eq!(Fail.hosts_exhausted(), Fail);
-        assert!(plaintext_retry_allowed(Tls::Opportunistic, false));
-        assert!(!plaintext_retry_allowed(Tls::Opportunistic, true));
-        assert!(!plaintext_retry_allowed(Tls::Required, false));
+        assert!(plaintext_retry_allowed(Tls::Opportunistic, false, false));
+        assert!(!plaintext_retry_allowed(Tls::Opportunistic, true, false));
+        assert!(!plaintext_retry_allowed(Tls::Required, false, false));
+        assert!(!plaintext_retry_allowed(Tls::Opportunistic, false, true), "never for a smart host");
+        assert_eq!(NextHostOrFail.hosts_exhausted(), Fail);
     }
 }

@@ -1,7 +1,8 @@
-//! Per-destination-domain queues and per-host backoff, pure (times are passed in). A delivery
-//! core keeps one `DomainQueue` per domain it is responsible for: the messages ready to go
-//! there (each with the recipients of that domain, so one transaction carries all of them),
-//! and how many connections are working on it. `HostBackoff` keeps dead or refusing hosts from
+//! Per-destination queues and per-host backoff, pure (times are passed in). A delivery core
+//! keeps one `DomainQueue` per destination it is responsible for (`policy::route::Destination`:
+//! a recipient domain for MX delivery, a connector for smart hosts): the messages ready to go
+//! there (each with the recipients routed there, so one transaction carries all of them), and
+//! how many connections are working on it. `HostBackoff` keeps dead or refusing hosts from
 //! being hammered.
 
 use std::collections::{HashMap, VecDeque};
@@ -9,23 +10,24 @@ use std::net::SocketAddr;
 
 use crate::smtp::envelope::QueueId;
 
-/// A message, or the part of it (its recipients in one domain), waiting for a transaction.
+/// A message, or the part of it (its recipients routed to one destination: one domain, or
+/// for smart hosts possibly several), waiting for a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     /// The message.
     pub queue_id: QueueId,
-    /// Recipient indices (into the envelope), all in this domain.
+    /// Recipient indices (into the envelope), all routed to this destination.
     pub rcpts: Vec<u32>,
     /// Failed attempts so far (drives the retry schedule).
     pub failures: u32,
 }
 
-/// The queue of one destination domain.
+/// The queue of one destination.
 #[derive(Debug, Default)]
 pub struct DomainQueue {
     /// Ready to send, oldest first.
     pub ready: VecDeque<Item>,
-    /// Connection tasks open for this domain (connecting, busy or idle).
+    /// Connection tasks open for this destination (connecting, busy or idle).
     pub connections: usize,
     /// Of those, the ones waiting idle for work.
     pub idle: usize,
@@ -35,7 +37,7 @@ pub struct DomainQueue {
     pub opened: u64,
 }
 
-/// What the scheduler should do for a domain after its queue changed.
+/// What the scheduler should do for a destination after its queue changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {
     /// Nothing to do (no work, or every allowed connection is busy).

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tokio::sync::Notify;
 
+use crate::config::SendConnector;
+use crate::policy::route::{self, Destination};
 use crate::smtp::envelope::{Envelope, QueueId};
 use crate::spool::SpoolRef;
 
@@ -16,7 +18,7 @@ use crate::spool::SpoolRef;
 pub struct DeliveryJob {
     /// Where the message is; delivery reads envelope and message through it.
     pub spool_ref: SpoolRef,
-    /// Indices of the recipients this delivery core is to deliver (all in its domains).
+    /// Indices of the recipients this delivery core is to deliver (all in its destinations).
     pub rcpts: Vec<u32>,
     /// Found by recovery at start: try at once.
     pub recovered: bool,
@@ -75,20 +77,23 @@ pub enum RetryTarget {
     Message(QueueId),
 }
 
-/// Queue state of one destination domain on one delivery core.
+/// Queue state of one destination domain on one delivery core. For a domain routed to smart
+/// hosts, the figures are still this domain's own (its recipients, its messages), except
+/// `connections`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DomainSummary {
     /// The domain.
     pub domain: String,
     /// Messages with recipients in this domain, ready or deferred.
     pub messages: usize,
-    /// Recipients waiting.
+    /// Recipients in this domain waiting.
     pub recipients: usize,
     /// Of the messages, those waiting for a retry.
     pub deferred: usize,
     /// Age of the oldest message, milliseconds.
     pub oldest_age_ms: u64,
-    /// Open connections.
+    /// Open connections of the pool this domain's mail goes through: its own (MX delivery), or
+    /// the smart-host connector's, which every domain of that connector shares (and reports).
     pub connections: usize,
 }
 
@@ -229,26 +234,72 @@ pub fn mailbox<T>() -> (Mailbox<T>, Inbox<T>) {
     (Mailbox { tx, wake: Arc::clone(&wake) }, Inbox { rx, wake })
 }
 
-/// The delivery core for a destination domain: the same domain always goes to the same core,
-/// so that its queue, its connections and its batching live in one place.
-pub fn delivery_core_for(domain: &str, cores: usize) -> usize {
+/// The delivery core for a destination (`policy::route::Destination`): the same destination
+/// always goes to the same core, so that its queue, its connections (and their cap) and its
+/// batching live in one place. Every domain routed to a connector's smart hosts is one
+/// destination, so all of that connector's mail is delivered by one core.
+pub fn delivery_core_for(destination: &Destination, cores: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for b in domain.bytes() {
-        b.to_ascii_lowercase().hash(&mut h);
+    match destination {
+        Destination::Domain(d) => {
+            0u8.hash(&mut h);
+            for b in d.bytes() {
+                b.to_ascii_lowercase().hash(&mut h);
+            }
+        }
+        Destination::SmartHosts(name) => {
+            1u8.hash(&mut h);
+            name.hash(&mut h);
+        }
     }
     (h.finish() % cores.max(1) as u64) as usize
+}
+
+/// The delivery core for a recipient domain under `connectors` (what an SMTP core asks when
+/// it hands a message off).
+pub fn delivery_core_for_domain(connectors: &[SendConnector], domain: &str, cores: usize) -> usize {
+    if cores <= 1 {
+        return 0;
+    }
+    delivery_core_for(&route::destination(connectors, domain), cores)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn domain(d: &str) -> Destination {
+        Destination::Domain(d.into())
+    }
+
     #[test]
     fn domains_map_to_cores_stably_and_case_blind() {
-        assert_eq!(delivery_core_for("Example.TEST", 4), delivery_core_for("example.test", 4));
+        assert_eq!(delivery_core_for(&domain("Example.TEST"), 4), delivery_core_for(&domain("example.test"), 4));
         let spread: std::collections::HashSet<usize> =
-            (0..100).map(|i| delivery_core_for(&format!("d{i}.test"), 4)).collect();
+            (0..100).map(|i| delivery_core_for(&domain(&format!("d{i}.test")), 4)).collect();
         assert_eq!(spread.len(), 4);
-        assert_eq!(delivery_core_for("x", 1), 0);
+        assert_eq!(delivery_core_for(&domain("x"), 1), 0);
+    }
+
+    #[test]
+    fn every_domain_of_a_smart_host_connector_goes_to_one_core() {
+        let connectors: Vec<SendConnector> = [
+            "name = \"m365\"\ndomains = [\"*\"]\nsmart_hosts = [\"smtp.test:587\"]",
+            "name = \"mx\"\ndomains = [\"*.mx.test\"]",
+        ]
+        .iter()
+        .map(|t| toml::from_str(t).unwrap())
+        .collect();
+        let cores: std::collections::HashSet<usize> =
+            (0..100).map(|i| delivery_core_for_domain(&connectors, &format!("d{i}.test"), 4)).collect();
+        assert_eq!(cores.len(), 1, "one pool, one core: {cores:?}");
+        let spread: std::collections::HashSet<usize> =
+            (0..100).map(|i| delivery_core_for_domain(&connectors, &format!("d{i}.mx.test"), 4)).collect();
+        assert_eq!(spread.len(), 4, "MX domains still spread");
+        assert_eq!(
+            delivery_core_for_domain(&connectors, "A.MX.test", 4),
+            delivery_core_for(&domain("a.mx.test"), 4),
+            "the SMTP core and the delivery core agree"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! - `cores`: process topology, start and shutdown;
 //! - `smtp_core`: one SMTP core's state and accept loops;
 //! - `conn`: one connection driving one `smtp::Session`;
+//! - `content`: message content on delivery cores, read from the spool through io_uring;
 //! - `delivery_core`: one delivery core (queues, retries, DSNs, admin answers);
 //! - `outbound`: one pooled outbound connection of a delivery core;
 //! - `handoff`: the messages between cores and their mailboxes;
@@ -13,6 +14,7 @@
 //! - `probe`: the io_uring start-up check.
 
 pub mod conn;
+pub(crate) mod content;
 pub mod cores;
 pub mod delivery_core;
 pub mod handoff;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 
 use super::conn;
-use super::handoff::{DeliveryJob, Inbox, Mailbox, ToDelivery, ToSmtp, delivery_core_for};
+use super::handoff::{DeliveryJob, Inbox, Mailbox, ToDelivery, ToSmtp, delivery_core_for_domain};
 use super::shared::Shared;
 use crate::clock::DateCache;
 use crate::policy::auth_cache::{AUTH_CACHE_ENTRIES_MAX, AUTH_CACHE_TTL, AuthCache};
@@ -85,11 +85,15 @@ impl SmtpCore {
         recovered: bool,
     ) {
         let cores = self.delivery.len();
+        let connectors = &self.shared.config.send_connectors;
         for core in 0..cores {
             let rcpts: Vec<u32> = rcpts
                 .clone()
                 .filter(|&i| {
-                    envelope.recipients.get(i as usize).is_some_and(|r| delivery_core_for(r.domain(), cores) == core)
+                    envelope.recipients.get(i as usize).is_some_and(|r| {
+                        // One delivery core (the default) takes everything: no route lookup.
+                        cores == 1 || delivery_core_for_domain(connectors, r.domain(), cores) == core
+                    })
                 })
                 .collect();
             if rcpts.is_empty() {

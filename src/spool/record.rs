@@ -179,7 +179,53 @@ pub fn decode(input: &[u8]) -> Result<(Record<'_>, usize), Invalid> {
     Ok((record, total))
 }
 
+/// The envelope of a MESSAGE record and where its message bytes are, read from the start of
+/// the record without the rest: what a delivery core needs at intake, so that a 25 MiB message
+/// is not read whole just to learn its recipients.
+#[derive(Debug)]
+pub struct MessageHead {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// Offset of the message bytes from the start of the record (header included).
+    pub message_offset: usize,
+    /// Length of the message bytes.
+    pub message_len: u64,
+}
+
+/// Reads the envelope of the MESSAGE record that `prefix` starts (the whole record, or any
+/// prefix of it that holds the envelope: `Invalid::Short` asks for more). The checksum covers
+/// the whole payload, so it is not checked here: use this on records that `decode` (recovery)
+/// or this process (the writer) already vouched for.
+pub fn decode_message_head(prefix: &[u8]) -> Result<MessageHead, Invalid> {
+    let header = prefix.get(..HEADER_BYTES).ok_or(Invalid::Short)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().map_err(|_| Invalid::Short)?);
+    if Kind::from_u8(header[4]) != Some(Kind::Message) || len > PAYLOAD_MAX || header[5..8] != [0, 0, 0] {
+        return Err(Invalid::Garbage);
+    }
+    let total = HEADER_BYTES + len as usize;
+    let available = &prefix[HEADER_BYTES..prefix.len().min(total)];
+    let mut r = Reader { p: available };
+    // A field cut off by the end of the prefix reads as Malformed; within the record it is
+    // only Short.
+    let short = |e: Invalid| if available.len() < len as usize { Invalid::Short } else { e };
+    let envelope = decode_envelope(&mut r).map_err(short)?;
+    let message_len = r.u64().map_err(short)?;
+    let message_offset = HEADER_BYTES + (available.len() - r.p.len());
+    if (message_offset as u64).checked_add(message_len) != Some(total as u64) {
+        return Err(Invalid::Malformed);
+    }
+    Ok(MessageHead { envelope, message_offset, message_len })
+}
+
 fn decode_message<'a>(r: &mut Reader<'a>) -> Result<Record<'a>, Invalid> {
+    let envelope = decode_envelope(r)?;
+    let body_len = r.u64()?;
+    let message = r.take(usize::try_from(body_len).map_err(|_| Invalid::Malformed)?)?;
+    Ok(Record::Message { envelope, message })
+}
+
+/// The envelope fields of a MESSAGE payload, up to (not including) `message_len`.
+fn decode_envelope(r: &mut Reader<'_>) -> Result<Envelope, Invalid> {
     let queue_id = QueueId(r.u64()?);
     let received_at_ms = r.u64()?;
     let flags = r.u8()?;
@@ -204,9 +250,7 @@ fn decode_message<'a>(r: &mut Reader<'a>) -> Result<Record<'a>, Invalid> {
         let orcpt = r.string()?;
         recipients.push(Recipient { address, notify, orcpt });
     }
-    let body_len = r.u64()?;
-    let message = r.take(usize::try_from(body_len).map_err(|_| Invalid::Malformed)?)?;
-    let envelope = Envelope {
+    Ok(Envelope {
         queue_id,
         received_at_ms,
         sender,
@@ -225,8 +269,7 @@ fn decode_message<'a>(r: &mut Reader<'a>) -> Result<Record<'a>, Invalid> {
         helo,
         tls: flags & 2 != 0,
         recipients,
-    };
-    Ok(Record::Message { envelope, message })
+    })
 }
 
 struct Reader<'a> {
@@ -306,6 +349,34 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn message_head_from_any_prefix_that_holds_the_envelope() {
+        let env = sample(5, 4);
+        let message = b"Subject: head\r\n\r\nthe body, which the head does not need\r\n";
+        let mut out = Vec::new();
+        let n = encode_message(&mut out, &env, message);
+        let head = decode_message_head(&out).unwrap();
+        assert_eq!(head.envelope, env);
+        assert_eq!(&out[head.message_offset..], message);
+        assert_eq!(head.message_len, message.len() as u64);
+        let needed = head.message_offset;
+        for cut in 0..n {
+            match decode_message_head(&out[..cut]) {
+                Ok(h) => {
+                    assert!(cut >= needed, "a head from {cut} bytes, {needed} needed");
+                    assert_eq!((h.envelope, h.message_offset), (env.clone(), needed));
+                }
+                Err(e) => {
+                    assert!(cut < needed, "prefix of {cut} bytes (head needs {needed}) gave {e:?}");
+                    assert_eq!(e, Invalid::Short, "a prefix is never anything but short (cut {cut})");
+                }
+            }
+        }
+        let mut done = Vec::new();
+        encode_done(&mut done, QueueId(5), &[1]);
+        assert_eq!(decode_message_head(&done).unwrap_err(), Invalid::Garbage, "not a MESSAGE record");
     }
 
     #[test]

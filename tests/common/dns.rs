@@ -1,12 +1,13 @@
-//! A tiny DNS server on a loopback UDP port, answering from a table (MX and A records), so
-//! that MX routing is tested for real through hickory without any traffic leaving the machine.
+//! A tiny DNS server on a loopback UDP port, answering from a table (MX, A and AAAA records),
+//! so that MX routing is tested for real through hickory without any traffic leaving the
+//! machine.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::{A, MX};
+use hickory_proto::rr::rdata::{A, AAAA, MX};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// Records by lowercase name (no trailing dot).
@@ -16,6 +17,8 @@ pub struct Zone {
     pub mx: HashMap<String, Vec<(u16, String)>>,
     /// name → A records.
     pub a: HashMap<String, Vec<Ipv4Addr>>,
+    /// name → AAAA records.
+    pub aaaa: HashMap<String, Vec<Ipv6Addr>>,
 }
 
 /// A running DNS server.
@@ -27,6 +30,13 @@ pub struct Dns {
 }
 
 impl Dns {
+    /// `config` (a test configuration template) with this server as its only nameserver.
+    pub fn configure(&self, config: &str) -> String {
+        let from = "nameservers = [\"127.0.0.1:{nodns}\"]";
+        assert!(config.contains(from), "config template changed");
+        config.replace(from, &format!("nameservers = [\"127.0.0.1:{}\"]", self.port))
+    }
+
     /// Serves `zone` until the process ends.
     pub fn start(zone: Zone) -> Dns {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -46,7 +56,8 @@ impl Dns {
                     resp.add_query(q.clone());
                     let name = q.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
                     seen.lock().unwrap().push((name.clone(), format!("{:?}", q.query_type)));
-                    let known = zone.mx.contains_key(&name) || zone.a.contains_key(&name);
+                    let known =
+                        zone.mx.contains_key(&name) || zone.a.contains_key(&name) || zone.aaaa.contains_key(&name);
                     match q.query_type {
                         RecordType::MX if zone.mx.contains_key(&name) => {
                             for (pref, host) in &zone.mx[&name] {
@@ -61,6 +72,11 @@ impl Dns {
                         RecordType::A if zone.a.contains_key(&name) => {
                             for ip in &zone.a[&name] {
                                 resp.add_answer(Record::from_rdata(q.name.clone(), 60, RData::A(A(*ip))));
+                            }
+                        }
+                        RecordType::AAAA if zone.aaaa.contains_key(&name) => {
+                            for ip in &zone.aaaa[&name] {
+                                resp.add_answer(Record::from_rdata(q.name.clone(), 60, RData::AAAA(AAAA(*ip))));
                             }
                         }
                         _ if known => {} // NOERROR, no data

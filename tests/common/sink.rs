@@ -1,7 +1,9 @@
 //! A test SMTP server standing in for remote MX hosts and smart hosts: threads on std
 //! sockets, deliberately naive (it splits on CRLF and unstuffs dots by the book, which is what
 //! makes it a fair check of the relay's outbound encoding). It records every connection,
-//! transaction and message, and can be told to refuse, defer, or require TLS and AUTH.
+//! transaction and message, QUIT, and commands a client pipelined, and can be told to refuse,
+//! defer, require TLS and AUTH (PLAIN or LOGIN), or leave out extensions (PIPELINING, DSN,
+//! 8BITMIME, SMTPUTF8, a small SIZE).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -41,6 +43,14 @@ pub struct SinkOptions {
     pub no_pipelining: bool,
     /// Do not advertise DSN.
     pub no_dsn: bool,
+    /// Do not advertise 8BITMIME.
+    pub no_8bitmime: bool,
+    /// Do not advertise SMTPUTF8.
+    pub no_smtputf8: bool,
+    /// Advertise this SIZE (default 50000000).
+    pub size: Option<u64>,
+    /// The AUTH mechanisms advertised (default "PLAIN LOGIN"); both are always understood.
+    pub auth_mechanisms: Option<&'static str>,
     /// Defer every recipient whose local part starts with "tempfail" this many times (per
     /// address) before accepting it. `u32::MAX`: always.
     pub tempfail_times: u32,
@@ -61,6 +71,13 @@ pub struct SinkState {
     pub attempts: std::collections::HashMap<String, u32>,
     /// MAIL commands answered with 421.
     pub mail_421: u32,
+    /// QUIT commands received.
+    pub quits: usize,
+    /// Commands that arrived while an earlier one was still unanswered (pipelining; seen
+    /// on plaintext connections only).
+    pub pipelined: usize,
+    /// AUTH mechanisms used, one per successful AUTH.
+    pub auth_mechanisms: Vec<String>,
 }
 
 /// A running sink.
@@ -124,6 +141,35 @@ impl Sink {
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap().connections
     }
+
+    /// QUITs received so far.
+    pub fn quits(&self) -> usize {
+        self.state.lock().unwrap().quits
+    }
+
+    /// Waits until `pred` holds for the sink's state (or panics after `secs`).
+    pub fn wait_until(&self, secs: u64, what: &str, pred: impl Fn(&SinkState) -> bool) {
+        let deadline = super::now() + Duration::from_secs(secs);
+        loop {
+            if pred(&self.state.lock().unwrap()) {
+                return;
+            }
+            assert!(super::now() < deadline, "sink: {what} did not happen in {secs}s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Two sinks on 127.0.0.2 and 127.0.0.3 with the same port: MX delivery uses one port (the
+/// connector's) for every host, so two MX hosts of a test zone must share it.
+pub fn pair(first: SinkOptions, second: SinkOptions) -> (Sink, Sink) {
+    loop {
+        let port = super::free_port();
+        let Ok(a) = TcpListener::bind(("127.0.0.2", port)) else { continue };
+        let Ok(b) = TcpListener::bind(("127.0.0.3", port)) else { continue };
+        drop((a, b));
+        return (Sink::start(&format!("127.0.0.2:{port}"), first), Sink::start(&format!("127.0.0.3:{port}"), second));
+    }
 }
 
 impl Drop for Sink {
@@ -146,34 +192,50 @@ fn serve(tcp: TcpStream, n: usize, state: &Mutex<SinkState>, o: &SinkOptions) ->
     let mut tls = false;
     let mut auth: Option<String> = None;
     let mut tx: Option<Received> = None;
-    loop {
-        let mut line = String::new();
+    // Reads one line (CRLF kept) as bytes; empty at EOF. TLS is read byte by byte (fine for
+    // tests); plaintext through the buffered reader, whose leftovers show pipelining.
+    let next_line = |io: &mut Box<dyn Io>, reader: &mut BufReader<TcpStream>, tls: bool| -> std::io::Result<Vec<u8>> {
+        let mut line = Vec::new();
         if tls {
-            // Read through the TLS stream, byte by byte is fine for tests.
-            if read_line(&mut io, &mut line)? == 0 {
-                return Ok(());
-            }
-        } else if reader.read_line(&mut line)? == 0 {
+            read_line(io, &mut line)?;
+        } else {
+            reader.read_until(b'\n', &mut line)?;
+        }
+        Ok(line)
+    };
+    loop {
+        let line = next_line(&mut io, &mut reader, tls)?;
+        if line.is_empty() {
             return Ok(());
         }
-        let cmd = line.trim_end_matches(['\r', '\n']).to_string();
+        if !tls && !reader.buffer().is_empty() {
+            state.lock().unwrap().pipelined += 1;
+        }
+        let cmd = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string();
         let upper = cmd.to_ascii_uppercase();
         let reply = |io: &mut Box<dyn Io>, s: &str| io.write_all(s.as_bytes());
         if upper.starts_with("EHLO") {
-            let mut caps = vec!["250-sink.test", "250-8BITMIME", "250-SIZE 50000000", "250-SMTPUTF8"];
+            let size = format!("250-SIZE {}", o.size.unwrap_or(50_000_000));
+            let mut caps = vec!["250-sink.test".to_string(), size];
+            if !o.no_8bitmime {
+                caps.push("250-8BITMIME".into());
+            }
+            if !o.no_smtputf8 {
+                caps.push("250-SMTPUTF8".into());
+            }
             if !o.no_pipelining {
-                caps.push("250-PIPELINING");
+                caps.push("250-PIPELINING".into());
             }
             if !o.no_dsn {
-                caps.push("250-DSN");
+                caps.push("250-DSN".into());
             }
             if o.tls.is_some() && !tls {
-                caps.push("250-STARTTLS");
+                caps.push("250-STARTTLS".into());
             }
             if o.auth.is_some() && tls {
-                caps.push("250-AUTH PLAIN LOGIN");
+                caps.push(format!("250-AUTH {}", o.auth_mechanisms.unwrap_or("PLAIN LOGIN")));
             }
-            caps.push("250 ENHANCEDSTATUSCODES");
+            caps.push("250 ENHANCEDSTATUSCODES".into());
             reply(&mut io, &(caps.join("\r\n") + "\r\n"))?;
         } else if upper.starts_with("HELO") {
             reply(&mut io, "250 sink.test\r\n")?;
@@ -197,6 +259,33 @@ fn serve(tcp: TcpStream, n: usize, state: &Mutex<SinkState>, o: &SinkOptions) ->
                 .is_some_and(|(u, p)| parts.len() == 3 && parts[1] == u.as_bytes() && parts[2] == p.as_bytes());
             if ok && tls {
                 auth = o.auth.as_ref().map(|(u, _)| u.clone());
+                state.lock().unwrap().auth_mechanisms.push("PLAIN".into());
+                reply(&mut io, "235 2.7.0 ok\r\n")?;
+            } else {
+                reply(&mut io, "535 5.7.8 bad credentials\r\n")?;
+            }
+        } else if upper == "AUTH LOGIN" || upper.starts_with("AUTH LOGIN ") {
+            // RFC-less but universal: 334 "Username:", 334 "Password:", each answered in base64;
+            // the user name may come as an initial response.
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let decode = |l: &[u8]| {
+                let text = String::from_utf8_lossy(l).trim_end_matches(['\r', '\n']).to_string();
+                b64.decode(text.trim()).unwrap_or_default()
+            };
+            let user = match cmd.get(11..).filter(|r| !r.trim().is_empty()) {
+                Some(initial) => decode(initial.as_bytes()),
+                None => {
+                    reply(&mut io, "334 VXNlcm5hbWU6\r\n")?;
+                    decode(&next_line(&mut io, &mut reader, tls)?)
+                }
+            };
+            reply(&mut io, "334 UGFzc3dvcmQ6\r\n")?;
+            let pass = decode(&next_line(&mut io, &mut reader, tls)?);
+            let ok = o.auth.as_ref().is_some_and(|(u, p)| user == u.as_bytes() && pass == p.as_bytes());
+            if ok && tls {
+                auth = o.auth.as_ref().map(|(u, _)| u.clone());
+                state.lock().unwrap().auth_mechanisms.push("LOGIN".into());
                 reply(&mut io, "235 2.7.0 ok\r\n")?;
             } else {
                 reply(&mut io, "535 5.7.8 bad credentials\r\n")?;
@@ -258,16 +347,14 @@ fn serve(tcp: TcpStream, n: usize, state: &Mutex<SinkState>, o: &SinkOptions) ->
             reply(&mut io, "354 go\r\n")?;
             let mut data = Vec::new();
             loop {
-                let mut l = String::new();
-                let got = if tls { read_line(&mut io, &mut l)? } else { reader.read_line(&mut l)? };
-                if got == 0 {
+                let l = next_line(&mut io, &mut reader, tls)?;
+                if l.is_empty() {
                     return Ok(());
                 }
-                if l == ".\r\n" {
+                if l == b".\r\n" {
                     break;
                 }
-                let l = l.strip_prefix('.').unwrap_or(&l);
-                data.extend_from_slice(l.as_bytes());
+                data.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
             }
             if let Some(d) = o.data_latency {
                 std::thread::sleep(d);
@@ -282,6 +369,7 @@ fn serve(tcp: TcpStream, n: usize, state: &Mutex<SinkState>, o: &SinkOptions) ->
         } else if upper == "NOOP" {
             reply(&mut io, "250 2.0.0 ok\r\n")?;
         } else if upper == "QUIT" {
+            state.lock().unwrap().quits += 1;
             reply(&mut io, "221 2.0.0 bye\r\n")?;
             return Ok(());
         } else {
@@ -290,8 +378,7 @@ fn serve(tcp: TcpStream, n: usize, state: &Mutex<SinkState>, o: &SinkOptions) ->
     }
 }
 
-fn read_line(io: &mut Box<dyn Io>, out: &mut String) -> std::io::Result<usize> {
-    let mut bytes = Vec::new();
+fn read_line(io: &mut Box<dyn Io>, bytes: &mut Vec<u8>) -> std::io::Result<usize> {
     let mut b = [0u8; 1];
     loop {
         match io.read(&mut b) {
@@ -306,7 +393,6 @@ fn read_line(io: &mut Box<dyn Io>, out: &mut String) -> std::io::Result<usize> {
             Err(e) => return Err(e),
         }
     }
-    out.push_str(&String::from_utf8_lossy(&bytes));
     Ok(bytes.len())
 }
 
