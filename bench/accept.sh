@@ -4,7 +4,8 @@
 # Acceptance throughput of ringrelay (fsync = batch, delivery to a sink that is down so only
 # acceptance is measured) against the no-relay ceiling (smtp-source -> smtp-sink), in the same
 # run, alternating, REPS times. Uses ../shared/bench (Postfix's smtp-source and smtp-sink).
-# Prints one line per run and the medians; relay CPU is user+sys of the ringrelay process.
+# Prints one line per run and the medians; relay CPU is user+sys of the ringrelay process, sink
+# CPU that of smtp-sink during the ceiling run (a server that keeps nothing: the floor).
 # Environment: FSYNC=batch|always|never (default batch), PIN=true|false|auto (cores.pin, default auto).
 # Loopback only. Needs a release build: cargo build --release.
 set -euo pipefail
@@ -46,16 +47,20 @@ relay_pid=$!
 for _ in $(seq 50); do grep -q "ringrelay ready" "$work/relay.log" && break; sleep 0.1; done
 cpu() { awk '{print $14 + $15}' /proc/$1/stat; }
 hz=$(getconf CLK_TCK)
+sink_pid=$(cat "${PEERS_STATE:-/var/tmp/peers}/sink-$sink_port.pid")
 for rep in $(seq "$reps"); do
+  s0=$(cpu $sink_pid)
   d=$("$kit/load.sh" $sink_port "$conc" "$msgs" "$size")
+  s1=$(cpu $sink_pid)
   c0=$(cpu $relay_pid)
   r=$("$kit/load.sh" $relay_port "$conc" "$msgs" "$size")
   c1=$(cpu $relay_pid)
   dm=$(sed 's/.*msgs_per_s=\([0-9.]*\).*/\1/' <<<"$d"); rm_=$(sed 's/.*msgs_per_s=\([0-9.]*\).*/\1/' <<<"$r")
   cpu_ms=$(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v n="$msgs" 'BEGIN{printf "%.3f", (b-a)/hz*1000/n}')
+  sink_ms=$(awk -v a="$s0" -v b="$s1" -v hz="$hz" -v n="$msgs" 'BEGIN{printf "%.3f", (b-a)/hz*1000/n}')
   ratio=$(awk -v a="$rm_" -v b="$dm" 'BEGIN{printf "%.2f", a/b}')
-  echo "run=$rep ceiling_mps=$dm ringrelay_mps=$rm_ ratio=$ratio relay_cpu_ms_per_msg=$cpu_ms"
+  echo "run=$rep ceiling_mps=$dm ringrelay_mps=$rm_ ratio=$ratio relay_cpu_ms_per_msg=$cpu_ms sink_cpu_ms_per_msg=$sink_ms"
 done | tee "$work/runs.txt"
-for key in ceiling_mps ringrelay_mps ratio relay_cpu_ms_per_msg; do
+for key in ceiling_mps ringrelay_mps ratio relay_cpu_ms_per_msg sink_cpu_ms_per_msg; do
   sed "s/.*$key=\([0-9.]*\).*/\1/" "$work/runs.txt" | sort -n | awk -v k="$key" '{a[NR]=$1} END{print "median " k "=" a[int((NR+1)/2)]}'
 done

@@ -43,12 +43,20 @@
 //! always durable too, and a crash can only leave a torn *tail* (see below). A new segment's
 //! file and directory entry are synced before anything in it is acknowledged.
 //!
+//! A synced write that would grow the file writes 1 MiB of zeros after its records, in the
+//! same operation; the following batches overwrite those zeros. The file size then changes
+//! once per MiB instead of at every batch, and a sync that does not change the size needs no
+//! inode write: one device write per group commit instead of two (on this project's test
+//! machine, accept latency at 50 concurrent clients went from about 2.2 ms to 1.2 ms). So a
+//! segment ends in zeros; recovery reads them as the end of the records, not as damage.
+//!
 //! # Crashes, and what recovery does
 //!
 //! Media assumptions: a completed `fdatasync` makes the written bytes durable; a crash may
 //! leave any suffix of unsynced writes missing, partly written or zero-filled, and nothing
 //! else. Recovery reads every segment in order and stops a segment at the first record that is
-//! short, has an unknown kind or length, or fails its checksum (a torn tail): nothing from that
+//! short, has an unknown kind or length, or fails its checksum (a torn tail; all zeros from
+//! there on is the zeros written ahead, and not reported as damage): nothing from that
 //! point was acknowledged, because acknowledgements follow the sync of the whole batch. Every
 //! complete MESSAGE record is kept, including ones written but not yet acknowledged when the
 //! crash came (delivered at least once; the client will also retry them). DONE records are

@@ -124,6 +124,8 @@ pub fn recover(dir: &Path, core: u16) -> io::Result<Recovered> {
                     pos += len;
                 }
                 Err(why) => {
+                    // Zeros written ahead of the data (the writer's `ZERO_AHEAD`): the end of
+                    // the records, not damage.
                     let zero_tail = why == Invalid::Garbage && bytes[pos..].iter().all(|&b| b == 0);
                     if is_last {
                         if !zero_tail {
@@ -131,7 +133,7 @@ pub fn recover(dir: &Path, core: u16) -> io::Result<Recovered> {
                         }
                         // Nothing from here on was acknowledged: cut it so appends never follow it.
                         OpenOptions::new().write(true).open(&path)?.set_len(pos as u64)?;
-                    } else {
+                    } else if !zero_tail {
                         out.damage.push((
                             path.clone(),
                             pos as u64,

@@ -75,6 +75,8 @@ pub struct SpoolStats {
     /// Of those, whole-file syncs (`fdatasync` after unsynced DONE-only writes) rather than
     /// O_DSYNC range writes.
     pub file_syncs: u64,
+    /// Synced writes that grew the file (and so wrote zeros ahead, `ZERO_AHEAD`).
+    pub grows: u64,
 }
 
 /// One core's spool. Cheap to clone (shared per-core state).
@@ -143,6 +145,10 @@ struct State {
     /// syncs the whole file instead: an acknowledged record never follows bytes that a crash
     /// could turn into a torn record, which would make recovery stop before it.
     unsynced: bool,
+    /// Size of the current segment file: `offset` plus zeros written ahead of it. Overwriting
+    /// those zeros leaves the file size alone, so a synced write need not also write the inode
+    /// (an O_DSYNC append that grows the file costs a second device write for its new size).
+    allocated: u64,
     live: HashMap<QueueId, Live>,
     batches: VecDeque<Batch>,
     spare_buffers: Vec<Vec<u8>>,
@@ -162,6 +168,9 @@ struct State {
 const FAILED_KEEP: usize = 1024;
 /// Largest buffer kept for reuse.
 const SPARE_BUFFER_MAX: usize = 16 << 20;
+/// Zeros written ahead of the data when a synced write grows the file (see `State::allocated`):
+/// one size change (inode write) per MiB of spool instead of one per batch.
+pub(super) const ZERO_AHEAD: usize = 1 << 20;
 
 impl Spool {
     /// Opens core `opts.core`'s spool from what recovery found in its own directory, adopts the
@@ -268,6 +277,7 @@ impl Spool {
             writer_dsync,
             writer_std,
             unsynced: false,
+            allocated: offset,
             offset,
             live,
             batches: VecDeque::new(),
@@ -434,8 +444,17 @@ impl Spool {
         {
             permit.forget();
         }
-        let Batch { no, bytes, messages, .. } = batch;
+        let Batch { no, mut bytes, messages, .. } = batch;
         let needs_sync = self.inner.opts.fsync != FsyncMode::Never && !messages.is_empty();
+        let len = bytes.len() as u64;
+        // A synced write that would grow the file also writes zeros ahead (`ZERO_AHEAD`), in
+        // the same operation: the next many batches then overwrite zeros within the file's size.
+        let allocated = self.inner.state.borrow().allocated;
+        let base = self.inner.state.borrow().offset;
+        let grows = needs_sync && base + len > allocated;
+        if grows {
+            bytes.resize(bytes.len() + ZERO_AHEAD, 0);
+        }
         let (writer, base, sync_file) = {
             let st = self.inner.state.borrow();
             // After unsynced bytes, a range sync is not enough: write plainly, then sync the file.
@@ -446,7 +465,7 @@ impl Spool {
             };
             (w, st.offset, sync_file)
         };
-        let len = bytes.len() as u64;
+        let written = bytes.len() as u64;
         // Through the O_DSYNC descriptor, the write returns once the data is durable.
         let (mut result, bytes) = writer.write_all_at(bytes, base).await;
         if sync_file && result.is_ok() {
@@ -460,6 +479,9 @@ impl Spool {
         if sync_file {
             st.stats.file_syncs += 1;
         }
+        if grows {
+            st.stats.grows += 1;
+        }
         match result {
             Ok(()) => {
                 if needs_sync {
@@ -468,6 +490,7 @@ impl Spool {
                     st.unsynced = true;
                 }
                 st.offset = base + len;
+                st.allocated = st.allocated.max(base + written);
                 st.bytes_total += len;
                 let current = st.current;
                 if let Some(seg) = st.segments.get_mut(&current) {
@@ -481,6 +504,7 @@ impl Spool {
                 tracing::error!(core = self.inner.opts.core, error = %e, "spool write failed; the batch's messages are refused with 451");
                 // Cut what may have been written, so the next batch starts at a record boundary.
                 let _ = st.writer_std.set_len(base);
+                st.allocated = base;
                 st.unsynced = self.inner.opts.fsync != FsyncMode::Never;
                 st.failed.push_back((no, e.to_string()));
                 if st.failed.len() > FAILED_KEEP {
@@ -536,6 +560,7 @@ impl Spool {
         st.writer_dsync = dsync;
         st.writer_std = std;
         st.unsynced = false;
+        st.allocated = SEGMENT_HEADER_BYTES as u64;
         st.offset = SEGMENT_HEADER_BYTES as u64;
         st.bytes_total += SEGMENT_HEADER_BYTES as u64;
         Ok(())
