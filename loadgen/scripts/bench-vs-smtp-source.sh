@@ -9,7 +9,7 @@
 #   per-conn-1   smtp-source -s C -m M -l 1024 ...     vs ringload --per-connection 1
 #   reuse        smtp-source -d -s C -m M -l 1024 ...  vs ringload --per-connection 100
 #
-# ringload rows: `ringload` is the default (one pinned thread per core, PIPELINING when
+# ringload rows: `ringload` is the default (one thread per core, pinned on 4 CPUs or more, PIPELINING when
 # offered), `ringload-1t` is --threads 1 --no-pin (one client core, free to move: what suits
 # a client sharing a 2-core machine with the server), `ringload-1t-nopipe` adds
 # --no-pipelining (smtp-source never pipelines: the protocol-equal comparison).

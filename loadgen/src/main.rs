@@ -22,6 +22,11 @@ use ringload::{clock, report};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+
+/// Threads are pinned to cores only on machines with at least this many CPUs, as ringrelay's
+/// `cores.pin = "auto"`: on 2 CPUs shared with the server under test, pinned client threads
+/// went 15-40 % slower than unpinned ones (tuning.md, "ringload").
+const PIN_MIN_CPUS: usize = 4;
 #[derive(Parser)]
 #[command(
     name = "ringload",
@@ -142,11 +147,13 @@ struct LoadArgs {
     #[arg(long, value_delimiter = ',', value_name = "IP")]
     source_ip: Vec<IpAddr>,
 
-    /// Client threads (default: one per core, at most one per connection).
+    /// Client threads (default: one per core, at most one per connection). Sharing a small
+    /// machine with the server, one thread (`--threads 1`) often goes faster.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 
-    /// Do not pin client threads to cores.
+    /// Do not pin client threads to cores (they are pinned only on machines with 4 CPUs or
+    /// more: on fewer, a pinned thread cannot move off a CPU the server needs).
     #[arg(long)]
     no_pin: bool,
 
@@ -290,7 +297,7 @@ struct SinkArgs {
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 
-    /// Do not pin threads to cores.
+    /// Do not pin threads to cores (they are pinned only on machines with 4 CPUs or more).
     #[arg(long)]
     no_pin: bool,
 
@@ -527,7 +534,7 @@ fn build_plan(
         messages,
         per_connection: a.per_connection,
         threads: a.threads.unwrap_or(cores).max(1),
-        pin: !a.no_pin,
+        pin: !a.no_pin && cores >= PIN_MIN_CPUS,
         spec: Arc::new(spec),
         client: ClientConfig {
             helo_name: a.helo.clone(),
@@ -654,7 +661,7 @@ fn cmd_sink(a: SinkArgs) -> Result<ExitCode, String> {
     let plan = SinkPlan {
         listen,
         threads: a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1),
-        pin: !a.no_pin,
+        pin: !a.no_pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= PIN_MIN_CPUS,
         hostname: a.hostname.clone(),
         latency: parse_duration(&a.latency)?,
         tempfail: parse_probability(&a.tempfail)?,

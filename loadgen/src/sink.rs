@@ -256,8 +256,7 @@ pub fn start(plan: SinkPlan) -> Result<Running, String> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                let r = tokio_uring::builder()
-                    .entries(1024)
+                let r = ringrelay::runtime::probe::ring_builder(1024)
                     .start(sink_thread(plan, i, listener, counters, active, req_rx));
                 if let Err(e) = r {
                     eprintln!("ringload sink: thread {i} stopped: {e}");

@@ -402,7 +402,7 @@ pub fn run_thread(plan: Arc<Plan>, spec: WorkerSpec, tx: Sender<WorkerMsg>) {
     let thread = spec.index as usize;
     let tx_done = tx.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        tokio_uring::builder().entries(1024).start(thread_main(plan, spec, tx))
+        ringrelay::runtime::probe::ring_builder(1024).start(thread_main(plan, spec, tx))
     }));
     let error = match result {
         Ok(Ok(())) => return,

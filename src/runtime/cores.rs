@@ -215,7 +215,7 @@ where
             if let Some(id) = pin {
                 core_affinity::set_for_current(id);
             }
-            let result = tokio_uring::builder().entries(RING_ENTRIES).start(body());
+            let result = super::probe::ring_builder(RING_ENTRIES).start(body());
             match result {
                 Ok(()) => true,
                 Err(e) => {
