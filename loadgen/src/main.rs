@@ -89,17 +89,19 @@ struct LoadArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     rcpts: u32,
 
-    /// Spread recipients over N domains (the `{d}` of --to).
+    /// Spread recipients over N domains (the placeholder d of --to).
     #[arg(long, default_value_t = 1, value_name = "N")]
     domains: u32,
 
-    /// Sender pattern: `{n}` message number, `{k}` client thread.
+    /// Sender pattern. Placeholders, each written in braces as in the default: n the message
+    /// number, k the client thread.
     #[arg(long, default_value = "load{n}@ringload.test", value_name = "PATTERN")]
     from: String,
 
-    /// Recipient pattern: `{n}` message number, `{r}` recipient index in the message, `{d}`
-    /// domain number (0..--domains), `{k}` client thread. Local parts starting with `tempfail`
-    /// or `permfail` are refused by `ringload sink`.
+    /// Recipient pattern. Placeholders, each written in braces as in the default: n the message
+    /// number, r the recipient's index in the message, d the domain number (0..--domains), k the
+    /// client thread. Local parts starting with `tempfail` or `permfail` are refused by
+    /// `ringload sink`.
     #[arg(long, default_value = "rcpt{r}@dest{d}.test", value_name = "PATTERN")]
     to: String,
 
