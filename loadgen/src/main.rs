@@ -22,7 +22,6 @@ use ringload::{clock, report};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 /// Threads are pinned to cores only on machines with at least this many CPUs, as ringrelay's
 /// `cores.pin = "auto"`: on 2 CPUs shared with the server under test, pinned client threads
 /// went 15-40 % slower than unpinned ones (tuning.md, "ringload").
