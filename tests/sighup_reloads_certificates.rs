@@ -1,4 +1,5 @@
-//! SIGHUP replaces a receive connector's TLS certificate without dropping anything: a session
+//! SIGHUP replaces a receive connector's TLS certificate (with the rest of the receive-side
+//! policy, `sighup_reloads_connector_policy.rs`) without dropping anything: a session
 //! that went TLS before the reload goes on (and sends a message) after it; sessions started
 //! after it get the new certificate; a reload with a broken key file keeps the current one.
 
@@ -51,7 +52,7 @@ fn sighup_swaps_the_certificate_for_new_sessions_only() {
     std::fs::copy(&b.cert_file, &cert).unwrap();
     std::fs::copy(&b.key_file, &key).unwrap();
     hup(&relay);
-    wait_log(&relay, "TLS certificates reloaded", 1);
+    wait_log(&relay, "SIGHUP: configuration reloaded", 1);
 
     let fresh = TlsClient::connect(addr, src, &b.ca_file, "relay.test");
     assert_eq!(fresh.peer_leaf(), b.leaf_der.to_vec(), "new sessions present the new certificate");
@@ -63,7 +64,8 @@ fn sighup_swaps_the_certificate_for_new_sessions_only() {
     // A broken key: the reload fails loudly and the current certificate stays.
     std::fs::write(&key, "not a key").unwrap();
     hup(&relay);
-    wait_log(&relay, "TLS certificates reloaded", 2);
+    wait_log(&relay, "SIGHUP: TLS certificates reloaded", 1);
+    assert!(relay.log_text().contains("the configuration was not reloaded"), "{}", relay.log_text());
     assert!(relay.log_text().contains("the previous certificate stays in use"), "{}", relay.log_text());
     let still = TlsClient::connect(addr, src, &b.ca_file, "relay.test");
     assert_eq!(still.peer_leaf(), b.leaf_der.to_vec());

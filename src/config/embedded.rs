@@ -35,8 +35,11 @@ tls = "opportunistic"
 "#;
 
 /// The embedded default, parsed and validated.
+/// What `Loaded::source` says for the embedded default.
+pub const SOURCE: &str = "<embedded default>";
+
 pub fn load() -> Loaded {
-    match Config::from_text(TOML, Path::new("<embedded default>")) {
+    match Config::from_text(TOML, Path::new(SOURCE)) {
         Ok(loaded) => loaded,
         Err(e) => panic!("the embedded default configuration is invalid: {e}"),
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-use super::smtp_core::SmtpCore;
+use super::smtp_core::{CorePolicy, SmtpCore};
 use super::stream::Stream;
 use crate::policy::limits::Sender;
 use crate::policy::proxy::{self, PROXY_HEADER_BYTES_MAX};
@@ -41,9 +41,12 @@ pub const ABORT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Serves one accepted connection to its end.
 pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: SocketAddr) {
     let shared = Arc::clone(&core.shared);
+    // The receive-side policy in force now decides this connection to its end (a SIGHUP that
+    // replaces it applies to connections accepted after it).
+    let policy = core.policy();
     // Bytes read with the PROXY header that belong to the client (SMTP or a TLS ClientHello).
     let mut early = Vec::new();
-    let client_ip = match shared.connectors.proxy(bind) {
+    let client_ip = match policy.connectors.proxy(bind) {
         None => peer.ip().to_canonical(),
         Some(policy) => {
             if !proxy::is_trusted(peer.ip(), &policy.trusted) {
@@ -67,12 +70,12 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
             }
         }
     };
-    let Some(connector) = shared.connectors.select(bind, client_ip) else {
+    let Some(connector) = policy.connectors.select(bind, client_ip) else {
         core.obs.refused_no_connector(); // obs hook
         tracing::debug!(%peer, %client_ip, %bind, "client matches no receive connector");
         return refuse(tcp, reply::NO_CONNECTOR).await;
     };
-    let _slot = match shared.limits[connector].connections_per_source_max {
+    let _slot = match policy.limits[connector].connections_per_source_max {
         None => None,
         Some(max) => match SourceSlot::acquire(&core, connector, client_ip, max) {
             Some(slot) => Some(slot),
@@ -84,10 +87,10 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
             }
         },
     };
-    let rc = &shared.config.receive_connectors[connector];
+    let rc = &policy.config.receive_connectors[connector];
     let obs = core.obs.connection(connector, peer, bind); // obs hook: counters, protocol log
     let mut stream = Stream::new(tcp);
-    let tls = shared.tls[connector].clone();
+    let tls = policy.tls[connector].clone();
     if rc.implicit_tls {
         let Some(cfg) = tls.clone() else { return stream.shutdown() };
         let handshake = stream.start_tls_server_after(cfg, &early);
@@ -100,9 +103,17 @@ pub async fn serve(core: Rc<SmtpCore>, tcp: TcpStream, peer: SocketAddr, bind: S
             Err(_) => return stream.shutdown(),
         }
     }
-    let session = Session::new(Rc::clone(&core.session_configs[connector]), client_ip, stream.is_tls());
-    let mut driver =
-        Driver { core: Rc::clone(&core), connector, session, stream, out: Output::default(), obs, rate_user: None };
+    let session = Session::new(Rc::clone(&policy.session_configs[connector]), client_ip, stream.is_tls());
+    let mut driver = Driver {
+        core: Rc::clone(&core),
+        policy,
+        connector,
+        session,
+        stream,
+        out: Output::default(),
+        obs,
+        rate_user: None,
+    };
     driver.run(tls, early).await;
 }
 
@@ -164,6 +175,8 @@ pub async fn refuse(tcp: TcpStream, r: Reply) {
 
 struct Driver {
     core: Rc<SmtpCore>,
+    /// The receive-side policy this connection was accepted under.
+    policy: Rc<CorePolicy>,
     connector: usize,
     session: Session,
     stream: Stream,
@@ -230,8 +243,12 @@ impl Driver {
                 self.session.drain();
             }
             if !rbuf.is_empty() {
-                let mut host =
-                    SessionHost { core: &self.core, connector: self.connector, rate_user: self.rate_user.as_ref() };
+                let mut host = SessionHost {
+                    core: &self.core,
+                    policy: &self.policy,
+                    connector: self.connector,
+                    rate_user: self.rate_user.as_ref(),
+                };
                 let used = self.obs.receive(&mut self.session, &rbuf, &mut host, &mut self.out);
                 rbuf.drain(..used);
                 if self.out.action.is_some() || !self.out.wire.is_empty() {
@@ -360,9 +377,10 @@ impl Driver {
     async fn authenticate(&mut self) {
         let core = Rc::clone(&self.core);
         let shared = Arc::clone(&core.shared);
+        let policy = Rc::clone(&self.policy);
         let (user, pass) = self.session.credentials();
         let (user, pass) = (user.to_string(), pass.to_string());
-        let tag = shared.users.password_hash(&user).map(|phc| core.auth_cache.borrow().tag(&user, phc, &pass));
+        let tag = policy.users.password_hash(&user).map(|phc| core.auth_cache.borrow().tag(&user, phc, &pass));
         let cached = tag.as_ref().is_some_and(|t| core.auth_cache.borrow_mut().is_fresh(&user, t, crate::clock::now()));
         let ok = if cached {
             true
@@ -371,7 +389,7 @@ impl Driver {
             // the blocking pool. The permit is held until the verification returns.
             let ok = match shared.auth_verify_slots.acquire().await {
                 Ok(_permit) => {
-                    let (u, verifier) = (user.clone(), Arc::clone(&shared));
+                    let (u, verifier) = (user.clone(), Arc::clone(policy.shared()));
                     tokio::task::spawn_blocking(move || verifier.users.verify(&u, &pass)).await.unwrap_or(false)
                 }
                 Err(_) => false, // the semaphore is never closed
@@ -386,7 +404,7 @@ impl Driver {
         }
         if !ok {
             let ip = self.session.envelope().client_ip;
-            let limits = &shared.limits[self.connector];
+            let limits = &policy.limits[self.connector];
             if shared.auth_lockouts.record_failure(self.connector, ip, limits, crate::clock::now()) {
                 tracing::info!(client_ip = %ip, connector = %shared.config.receive_connectors[self.connector].name,
                     failures = limits.auth_failures_max, lockout = ?limits.auth_lockout, "AUTH locked out");
@@ -411,6 +429,8 @@ async fn unless_aborted<F: std::future::Future>(core: &SmtpCore, op: F) -> Optio
 /// The `Host` a session asks: this core's clock cache, queue ids and policy.
 struct SessionHost<'a> {
     core: &'a SmtpCore,
+    /// `Driver::policy`.
+    policy: &'a CorePolicy,
     connector: usize,
     /// `Driver::rate_user`.
     rate_user: Option<&'a Rc<str>>,
@@ -437,7 +457,7 @@ impl Host for SessionHost<'_> {
         if self.core.spool.over_limits() {
             return Err(reply::NO_STORAGE);
         }
-        if let Some(rate) = self.core.shared.limits[self.connector].message_rate {
+        if let Some(rate) = self.policy.limits[self.connector].message_rate {
             let sender = match (envelope.auth_user.as_deref(), self.rate_user) {
                 (None, _) => Sender::Ip(envelope.client_ip),
                 (Some(user), Some(name)) if **name == *user => Sender::User(Rc::clone(name)),
@@ -452,20 +472,19 @@ impl Host for SessionHost<'_> {
     }
 
     fn check_rcpt(&mut self, _envelope: &Envelope, address: &str) -> Result<(), Reply> {
-        let rc = &self.core.shared.config.receive_connectors[self.connector];
-        self.core.shared.accepted.check_rcpt(rc.relay, address)
+        let rc = &self.policy.config.receive_connectors[self.connector];
+        self.policy.accepted.check_rcpt(rc.relay, address)
     }
 
     fn check_auth(&mut self, client_ip: IpAddr) -> Result<(), Reply> {
-        let shared = &self.core.shared;
-        let limits = &shared.limits[self.connector];
-        if shared.auth_lockouts.is_locked(self.connector, client_ip, limits, crate::clock::now()) {
+        let limits = &self.policy.limits[self.connector];
+        if self.core.shared.auth_lockouts.is_locked(self.connector, client_ip, limits, crate::clock::now()) {
             return Err(reply::AUTH_LOCKED);
         }
         Ok(())
     }
 
     fn may_send_as(&self, user: &str, address: &str) -> bool {
-        self.core.shared.users.may_send_as(user, address)
+        self.policy.users.may_send_as(user, address)
     }
 }

@@ -27,7 +27,8 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
     // Handlers first: a SIGTERM during start must still mean a clean stop.
     let mut signals = Signals::install()?;
     // check-config's warnings are printed with the startup summary.
-    let Loaded { config, mut warnings, .. } = loaded;
+    let Loaded { config, mut warnings, source } = loaded;
+    let source = (source.as_os_str() != crate::config::embedded::SOURCE).then_some(source);
     warnings.extend(crate::obs::startup_warnings(&config));
     let smtp_cores = config.smtp_cores();
     let delivery_cores = config.cores.delivery;
@@ -41,8 +42,8 @@ pub fn serve(loaded: Loaded) -> Result<(), String> {
     let (mut own, mut adopted) = recover_all(&spool_dir, smtp_cores)?;
     let hub = crate::obs::Hub::start(&config, smtp_cores, delivery_cores)?;
     let admin_listener = if config.admin.enabled { Some(crate::obs::admin::bind(config.admin.listen)?) } else { None };
-    let shared = Arc::new(Shared::build(config)?);
-    let binds: Vec<SocketAddr> = shared.connectors.binds().collect();
+    let shared = Arc::new(Shared::build(config)?.with_source(source));
+    let binds: Vec<SocketAddr> = shared.policy().connectors.binds().collect();
     let mut listeners: Vec<Vec<(SocketAddr, std::net::TcpListener)>> = (0..smtp_cores).map(|_| Vec::new()).collect();
     for &bind in &binds {
         wait_port_free(bind)?;
@@ -231,18 +232,52 @@ fn join(t: JoinHandle<bool>) -> bool {
     t.join().unwrap_or(false)
 }
 
-/// SIGHUP: new certificates for new TLS sessions. Listeners, connectors and every other
-/// setting need a restart (the README says so).
+/// SIGHUP: reads the configuration file again and replaces the receive-side policy (accepted
+/// domains, users, the receive connectors' ranges, rights, limits and TLS certificates) for
+/// connections accepted from now on; sessions in flight keep theirs, nothing is dropped. When
+/// the file does not load or cannot be applied, the policy in force stays, and only the
+/// certificates and keys are read again. Listeners, cores, spool, delivery and logs need a
+/// restart (the README says so).
 fn reload(shared: &Shared) {
-    let (reloaded, errors) = shared.reload_certificates();
-    for e in &errors {
-        tracing::error!("SIGHUP: {e}");
+    let Some(path) = &shared.source else {
+        let (reloaded, errors) = shared.reload_certificates();
+        tracing::info!(
+            certificates = reloaded,
+            failed = errors.len(),
+            "SIGHUP: running the embedded default, no file to read again"
+        );
+        return;
+    };
+    let outcome = crate::config::Config::load(path).map_err(|e| e.to_string()).and_then(|mut loaded| {
+        for w in &loaded.warnings {
+            tracing::warn!(key = %w.key, "SIGHUP: {}", w.message);
+        }
+        // Logging is set at start, from the file and the command line (--log-json).
+        loaded.config.log = shared.config.log.clone();
+        shared.reload_policy(loaded.config)
+    });
+    match outcome {
+        Ok(reloaded) => {
+            if !reloaded.ignored.is_empty() {
+                tracing::warn!(
+                    ignored = %reloaded.ignored.join(", "),
+                    "SIGHUP: these parts of the file changed but need a restart; they are not applied"
+                );
+            }
+            tracing::info!(
+                file = %path.display(),
+                "SIGHUP: configuration reloaded: accepted domains, users, receive connector policy and TLS certificates, for new connections"
+            );
+        }
+        Err(e) => {
+            tracing::error!(file = %path.display(), "SIGHUP: the configuration was not reloaded: {e}; the policy in force stays");
+            let (reloaded, errors) = shared.reload_certificates();
+            for e in &errors {
+                tracing::error!("SIGHUP: {e}");
+            }
+            tracing::info!(certificates = reloaded, failed = errors.len(), "SIGHUP: TLS certificates reloaded");
+        }
     }
-    tracing::info!(
-        certificates = reloaded,
-        failed = errors.len(),
-        "SIGHUP: TLS certificates reloaded; other settings need a restart"
-    );
 }
 
 /// What the relay runs, once every listener is bound: for people, lines on stdout; with

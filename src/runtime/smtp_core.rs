@@ -13,7 +13,7 @@ use tokio::sync::{Notify, watch};
 
 use super::conn;
 use super::handoff::{DeliveryJob, Inbox, Mailbox, ToDelivery, ToSmtp, delivery_core_for_domain};
-use super::shared::Shared;
+use super::shared::{Policy, Shared};
 use crate::clock::DateCache;
 use crate::policy::auth_cache::{AUTH_CACHE_ENTRIES_MAX, AUTH_CACHE_TTL, AuthCache};
 use crate::policy::limits::CoreLimits;
@@ -36,8 +36,9 @@ pub struct SmtpCore {
     pub limits: RefCell<CoreLimits>,
     /// Recently verified AUTH credentials, for this core only.
     pub auth_cache: RefCell<AuthCache>,
-    /// Session settings per receive connector.
-    pub session_configs: Vec<Rc<SessionConfig>>,
+    /// The receive-side policy this core serves new connections with (renewed when a SIGHUP
+    /// replaced it: `policy()`).
+    policy: RefCell<Rc<CorePolicy>>,
     /// Open connections on this core.
     pub connections: Cell<usize>,
     delivery: Vec<Mailbox<ToDelivery>>,
@@ -58,7 +59,46 @@ pub struct SmtpCore {
     pub obs: Rc<crate::obs::SmtpObs>,
 }
 
+/// A receive-side policy as one core holds it: the shared policy, and its session settings
+/// as this core's sessions share them. Dereferences to the `Policy`.
+pub struct CorePolicy {
+    /// `Shared::policy_generation` when it was taken.
+    generation: u64,
+    policy: Arc<Policy>,
+    /// Session settings per receive connector.
+    pub session_configs: Vec<Rc<SessionConfig>>,
+}
+
+impl CorePolicy {
+    fn new(generation: u64, policy: Arc<Policy>) -> CorePolicy {
+        let session_configs = policy.session_configs.iter().map(|c| Rc::new(c.clone())).collect();
+        CorePolicy { generation, policy, session_configs }
+    }
+
+    /// The shared policy, for work that leaves the core (argon2 on the blocking pool).
+    pub fn shared(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+}
+
+impl std::ops::Deref for CorePolicy {
+    type Target = Policy;
+    fn deref(&self) -> &Policy {
+        &self.policy
+    }
+}
+
 impl SmtpCore {
+    /// The policy in force, for a new connection to keep to its end. One atomic load when
+    /// nothing changed; after a reload, this core's first new connection takes the new one.
+    pub fn policy(&self) -> Rc<CorePolicy> {
+        let generation = self.shared.policy_generation();
+        if self.policy.borrow().generation != generation {
+            *self.policy.borrow_mut() = Rc::new(CorePolicy::new(generation, self.shared.policy()));
+        }
+        Rc::clone(&self.policy.borrow())
+    }
+
     /// A fresh queue id.
     pub fn next_queue_id(&self) -> QueueId {
         self.ids.borrow_mut().next(crate::clock::unix_ms())
@@ -201,7 +241,7 @@ pub async fn run(start: CoreStart) -> std::io::Result<()> {
     let (spool, live) = Spool::open(opts, recovered, adopted)?;
     let core = Rc::new(SmtpCore {
         index,
-        session_configs: shared.session_configs.iter().map(|c| Rc::new(c.clone())).collect(),
+        policy: RefCell::new(Rc::new(CorePolicy::new(shared.policy_generation(), shared.policy()))),
         shared: Arc::clone(&shared),
         spool,
         ids: RefCell::new(QueueIdGen::new(queue_id_core(index), floor)),
