@@ -447,24 +447,22 @@ impl Spool {
         let Batch { no, mut bytes, messages, .. } = batch;
         let needs_sync = self.inner.opts.fsync != FsyncMode::Never && !messages.is_empty();
         let len = bytes.len() as u64;
-        // A synced write that would grow the file also writes zeros ahead (`ZERO_AHEAD`), in
-        // the same operation: the next many batches then overwrite zeros within the file's size.
-        let allocated = self.inner.state.borrow().allocated;
-        let base = self.inner.state.borrow().offset;
-        let grows = needs_sync && base + len > allocated;
-        if grows {
-            bytes.resize(bytes.len() + ZERO_AHEAD, 0);
-        }
-        let (writer, base, sync_file) = {
+        let (writer, base, sync_file, grows) = {
             let st = self.inner.state.borrow();
+            // A synced write that would grow the file also writes zeros ahead (`ZERO_AHEAD`), in
+            // the same operation: the next batches then overwrite zeros within the file's size.
+            let grows = needs_sync && st.offset + len > st.allocated;
             // After unsynced bytes, a range sync is not enough: write plainly, then sync the file.
             let sync_file = needs_sync && st.unsynced;
             let w = match (&st.writer_dsync, needs_sync && !sync_file) {
                 (Some(d), true) => Rc::clone(d),
                 _ => Rc::clone(&st.writer),
             };
-            (w, st.offset, sync_file)
+            (w, st.offset, sync_file, grows)
         };
+        if grows {
+            bytes.resize(bytes.len() + ZERO_AHEAD, 0);
+        }
         let written = bytes.len() as u64;
         // Through the O_DSYNC descriptor, the write returns once the data is durable.
         let (mut result, bytes) = writer.write_all_at(bytes, base).await;
