@@ -240,12 +240,8 @@ fn join(t: JoinHandle<bool>) -> bool {
 /// restart (the README says so).
 fn reload(shared: &Shared) {
     let Some(path) = &shared.source else {
-        let (reloaded, errors) = shared.reload_certificates();
-        tracing::info!(
-            certificates = reloaded,
-            failed = errors.len(),
-            "SIGHUP: running the embedded default, no file to read again"
-        );
+        // The embedded default has no file and no certificates.
+        tracing::info!("SIGHUP: running the embedded default, nothing to read again");
         return;
     };
     let outcome = crate::config::Config::load(path).map_err(|e| e.to_string()).and_then(|mut loaded| {

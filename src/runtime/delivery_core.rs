@@ -412,11 +412,7 @@ impl Core {
         }
         if let Some(reply) = self.down_reply(dest) {
             // Known unreachable: queue for the retry schedule without a connection.
-            let items: Vec<Item> = {
-                let mut st = self.state.borrow_mut();
-                st.queues.get_mut(dest).map(|q| q.ready.drain(..).collect()).unwrap_or_default()
-            };
-            for item in items {
+            for item in self.drain_ready(dest) {
                 self.defer(dest, item, &reply, None);
             }
             return;
@@ -493,6 +489,12 @@ impl Core {
     /// How many connections `dest` has open.
     pub(crate) fn connections(&self, dest: &Destination) -> usize {
         self.state.borrow().queues.get(dest).map_or(0, |q| q.connections)
+    }
+
+    /// Every item of `dest` that is ready now, taken off its queue.
+    fn drain_ready(&self, dest: &Destination) -> Vec<Item> {
+        let mut st = self.state.borrow_mut();
+        st.queues.get_mut(dest).map(|q| q.ready.drain(..).collect()).unwrap_or_default()
     }
 
     /// The next item for a connection of `dest`.
@@ -618,11 +620,7 @@ impl Core {
             }
             st.down.insert(dest.clone(), (now + hold, reply.clone()));
         }
-        let items: Vec<Item> = {
-            let mut st = self.state.borrow_mut();
-            st.queues.get_mut(dest).map(|q| q.ready.drain(..).collect()).unwrap_or_default()
-        };
-        for item in items {
+        for item in self.drain_ready(dest) {
             if verdict == Verdict::Fail {
                 let rcpts = item.rcpts.iter().map(|&r| (r, reply.clone())).collect();
                 self.fail(item.queue_id, rcpts, None, "permanent");
