@@ -116,35 +116,41 @@ impl SmtpCore {
 
     /// Hands a durable message to the delivery cores of its recipients' domains: `rcpts` are
     /// indices into `envelope.recipients`. Each delivery core that gets recipients gets one job
-    /// with its own list (the one allocation a hand-off needs: the list crosses threads).
+    /// with its own list (with one delivery core, the one allocation a hand-off needs: the list
+    /// crosses threads).
     pub fn hand_off(
         &self,
         spool_ref: &SpoolRef,
         envelope: &Envelope,
-        rcpts: impl Iterator<Item = u32> + Clone,
+        rcpts: impl Iterator<Item = u32>,
         recovered: bool,
     ) {
         let cores = self.delivery.len();
-        let connectors = &self.shared.config.send_connectors;
-        for core in 0..cores {
-            let rcpts: Vec<u32> = rcpts
-                .clone()
-                .filter(|&i| {
-                    envelope.recipients.get(i as usize).is_some_and(|r| {
-                        // One delivery core (the default) takes everything: no route lookup.
-                        cores == 1 || delivery_core_for_domain(connectors, r.domain(), cores) == core
-                    })
-                })
-                .collect();
-            if rcpts.is_empty() {
-                continue;
-            }
-            let job = DeliveryJob { spool_ref: spool_ref.clone(), rcpts, recovered };
-            if !self.delivery[core].send_quiet(ToDelivery::Job(job)) {
-                tracing::error!(queue_id = %envelope.queue_id, "delivery core {core} is gone; the message stays queued");
-            }
-            self.schedule_wake(core);
+        let rcpts = rcpts.filter(|&i| (i as usize) < envelope.recipients.len());
+        if cores == 1 {
+            // One delivery core (the default) takes everything: no route lookup.
+            return self.send_job(0, spool_ref, envelope, rcpts.collect(), recovered);
         }
+        // Each recipient's delivery core, found once (a route lookup for its domain).
+        let connectors = &self.shared.config.send_connectors;
+        let mut per_core: Vec<Vec<u32>> = vec![Vec::new(); cores];
+        for i in rcpts {
+            per_core[delivery_core_for_domain(connectors, envelope.recipients[i as usize].domain(), cores)].push(i);
+        }
+        for (core, rcpts) in per_core.into_iter().enumerate() {
+            if !rcpts.is_empty() {
+                self.send_job(core, spool_ref, envelope, rcpts, recovered);
+            }
+        }
+    }
+
+    /// Sends delivery core `core` the job for `rcpts` of the message, and schedules its wake.
+    fn send_job(&self, core: usize, spool_ref: &SpoolRef, envelope: &Envelope, rcpts: Vec<u32>, recovered: bool) {
+        let job = DeliveryJob { spool_ref: spool_ref.clone(), rcpts, recovered };
+        if !self.delivery[core].send_quiet(ToDelivery::Job(job)) {
+            tracing::error!(queue_id = %envelope.queue_id, "delivery core {core} is gone; the message stays queued");
+        }
+        self.schedule_wake(core);
     }
 
     /// Wakes the delivery cores sent to, once, after every task woken by the same spool batch
