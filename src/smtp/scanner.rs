@@ -381,6 +381,23 @@ impl BdatScanner {
     }
 }
 
+/// The named SMTP-smuggling vectors (bare CR or LF around a dot), for the scanner's and the
+/// session's tests: put between message text and a forged command, none may end the data.
+#[cfg(test)]
+pub(crate) const SMUGGLING_VECTORS: &[&[u8]] = &[
+    b"\n.\r\n",
+    b"\r\n.\n",
+    b"\n.\n",
+    b"\n..\n",
+    b"\r.\r",
+    b"\r\n.\r",
+    b"\r.\r\n",
+    b"\n.\r",
+    b"\r\n.\r\r\n",
+    b"\n\n.\n\n",
+    b"\r\n.\n.\r\n",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,19 +696,7 @@ mod tests {
     /// "commands" behind it hold is kept as content, bare LFs turned into CRLF.
     #[test]
     fn smuggling_vectors_in_normalize_mode_end_only_at_crlf_dot_crlf() {
-        let vectors: &[&[u8]] = &[
-            b"\n.\r\n",
-            b"\r\n.\n",
-            b"\n.\n",
-            b"\r.\r",
-            b"\r\n.\r",
-            b"\r.\r\n",
-            b"\n.\r",
-            b"\r\n.\r\r\n",
-            b"\n\n.\n\n",
-            b"\r\n.\n.\r\n",
-        ];
-        for v in vectors {
+        for v in SMUGGLING_VECTORS {
             let mut input = b"Subject: x\r\n\r\nbody".to_vec();
             input.extend_from_slice(v);
             input.extend_from_slice(b"MAIL FROM:<evil@example.test>\r\n");
@@ -720,9 +725,7 @@ mod tests {
     /// Named SMTP-smuggling vectors: none of them may end the data early.
     #[test]
     fn smuggling_vectors_never_end_data() {
-        let vectors: &[&[u8]] =
-            &[b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n", b"\n.\r", b"\r\n.\r\r\n"];
-        for v in vectors {
+        for v in SMUGGLING_VECTORS {
             for mode in [BareLf::Reject, BareLf::Normalize] {
                 let mut input = b"Subject: x\r\n\r\nbody".to_vec();
                 input.extend_from_slice(v);

@@ -462,9 +462,7 @@ fn run_split_with(h: &mut Harness, convo: &[u8], cut: usize) -> (String, Vec<Vec
 /// vector are message content, never run. Only the literal `<CRLF>.<CRLF>` ends the data.
 #[test]
 fn smuggling_vectors_in_normalize_mode_never_end_data_at_any_split() {
-    let vectors: &[&[u8]] =
-        &[b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\n..\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n", b"\n.\r", b"\r\n.\r\r\n"];
-    for v in vectors {
+    for v in crate::smtp::scanner::SMUGGLING_VECTORS {
         let mut convo =
             b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: v\r\n\r\nbody".to_vec();
         convo.extend_from_slice(v);
